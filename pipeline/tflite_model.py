@@ -1,0 +1,225 @@
+"""The converted int8 .tflite: make it, check it, read its costs, run it in TFLite Micro.
+
+The flatbuffer is the source of truth for what ships. MS, WM and the arena
+of a finished trial are read here from the bytes that the firmware embeds.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import sys
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+import tf_keras
+
+from pipeline.costs import GraphOp, ResourceGraph
+from pipeline.errors import UserError
+
+CALIBRATION_SAMPLES = 200
+WEIGHTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+ALIAS_OPS = ("RESHAPE",)
+ARENA_ALIGNMENT = 16
+warnings.filterwarnings("ignore", message=r"(?s).*tf.lite.Interpreter is deprecated")
+
+
+def convert_int8(model: tf_keras.Model, calibration: np.ndarray, seed: int = 0) -> bytes:
+    """Full-integer post-training quantisation with int8 input and output.
+
+    Calibrated on up to CALIBRATION_SAMPLES training images (never random data).
+    """
+    rng = np.random.default_rng(seed)
+    picked = calibration[rng.permutation(len(calibration))[:CALIBRATION_SAMPLES]]
+
+    def representative() -> Iterator[list[np.ndarray]]:
+        for sample in picked:
+            yield [sample[None].astype(np.float32)]
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = representative
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.int8
+    converter.inference_output_type = tf.int8
+    # Per-tensor FC weights: per-channel FC rounds differently in TFLite and TFLite Micro.
+    converter._experimental_disable_per_channel_quantization_for_dense_layers = True
+    with _quiet():
+        return bytes(converter.convert())
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Hides the converter's expected chatter; real Python warnings still show."""
+    logger = logging.getLogger("tensorflow")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    stderr_fd = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull, warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*Statistics for quantized inputs.*")
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(stderr_fd, 2)
+        os.close(stderr_fd)
+        logger.setLevel(level)
+
+
+def read_tflite(path: str | os.PathLike) -> bytes:
+    """Reads a .tflite file and checks that it is an int8 model; UserError otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"model file {str(path)!r} does not exist: give the path of an int8 .tflite "
+                        "(python -m pipeline export writes models/<trial>/model_int8.tflite)")
+    data = path.read_bytes()
+    check_int8(data, str(path))
+    return data
+
+
+def check_int8(data: bytes, label: str) -> None:
+    """Raises a UserError unless ``data`` is a valid flatbuffer with int8 input and output."""
+    if len(data) < 8 or data[4:8] != b"TFL3":
+        raise UserError(f"{label} is not a TFLite flatbuffer (no TFL3 identifier): re-export the model")
+    try:
+        interp = tf.lite.Interpreter(model_content=data)
+    except Exception as exc:  # the parser raises ValueError or RuntimeError
+        raise UserError(f"{label} is a corrupt TFLite flatbuffer ({str(exc).splitlines()[0]}): "
+                        "re-export the model") from None
+    for kind, details in (("input", interp.get_input_details()), ("output", interp.get_output_details())):
+        wrong = [d["dtype"].__name__ for d in details if d["dtype"] != np.int8]
+        if wrong:
+            raise UserError(f"{label} has a {wrong[0]} {kind}, expected int8: convert with full-integer "
+                            "quantisation (python -m pipeline export does)")
+
+
+def quantization(data: bytes) -> dict:
+    """Input/output shape, scale and zero point of an int8 model."""
+    interp = tf.lite.Interpreter(model_content=data)
+    i, o = interp.get_input_details()[0], interp.get_output_details()[0]
+    return {"input_shape": [int(d) for d in i["shape"]], "input_scale": float(i["quantization"][0]),
+            "input_zero_point": int(i["quantization"][1]), "output_shape": [int(d) for d in o["shape"]],
+            "output_scale": float(o["quantization"][0]), "output_zero_point": int(o["quantization"][1])}
+
+
+def quantize_inputs(data: bytes, x: np.ndarray) -> np.ndarray:
+    """Float images to the model's int8 input, with TFLite's rounding and clamping."""
+    q = quantization(data)
+    return np.clip(np.round(x / q["input_scale"]) + q["input_zero_point"], -128, 127).astype(np.int8)
+
+
+def resource_graph(data: bytes) -> ResourceGraph:
+    """The resource graph of a converted model: weights and activations as stored."""
+    interp = tf.lite.Interpreter(model_content=data)
+    tensors = {t["index"]: t for t in interp.get_tensor_details()}
+    ops_details = interp._get_ops_details()  # the only public-enough view of the op list
+    produced = {o for op in ops_details for o in op["outputs"]}
+    graph_inputs = [d["index"] for d in interp.get_input_details()]
+    activations = produced | set(graph_inputs)
+    ops = []
+    for op in ops_details:
+        kernel = bias = 0
+        if op["op_name"] in WEIGHTED_OPS:
+            kernel = int(np.count_nonzero(interp.get_tensor(op["inputs"][1])))
+            if len(op["inputs"]) > 2 and op["inputs"][2] >= 0:
+                bias = int(np.count_nonzero(interp.get_tensor(op["inputs"][2])))
+        ops.append(GraphOp(f"{op['index']}:{op['op_name']}",
+                           tuple(str(i) for i in op["inputs"] if i in activations),
+                           str(op["outputs"][0]), kernel, bias, alias=op["op_name"] in ALIAS_OPS))
+    sizes = {str(i): int(np.prod(tensors[i]["shape"])) * tensors[i]["dtype"]().itemsize
+             for i in activations}
+    outputs = tuple(str(d["index"]) for d in interp.get_output_details())
+    return ResourceGraph(tuple(ops), sizes, tuple(str(i) for i in graph_inputs), outputs)
+
+
+def op_names(data: bytes) -> list[str]:
+    """The builtin operator of every op, in flatbuffer order."""
+    return [op["op_name"] for op in tf.lite.Interpreter(model_content=data)._get_ops_details()]
+
+
+def tflm_interpreter(data: bytes, arena_bytes: int):
+    """A host TFLite Micro interpreter (the real TFLM code, via the tflite-micro wheel)."""
+    from tflite_micro.python.tflite_micro import runtime
+
+    with _silence_stdout():
+        return runtime.Interpreter.from_bytes(data, arena_size=int(arena_bytes))
+
+
+@contextlib.contextmanager
+def _silence_stdout() -> Iterator[None]:
+    """TFLM's C++ code prints allocation failures straight to fds 1 and 2; keep them from users."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 1)
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        for fd, copy in zip((1, 2), saved):
+            os.dup2(copy, fd)
+            os.close(copy)
+
+
+def tflm_run(data: bytes, x_int8: np.ndarray, arena_bytes: int | None = None) -> np.ndarray:
+    """Runs every int8 input through host TFLite Micro; returns the int8 outputs."""
+    interp = tflm_interpreter(data, arena_bytes or smallest_arena(data) + 1024)
+    outputs = []
+    for sample in x_int8:
+        interp.set_input(sample[None], 0)
+        interp.invoke()
+        outputs.append(np.array(interp.get_output(0)).reshape(-1))
+    return np.stack(outputs)
+
+
+def reference_run(data: bytes, x_int8: np.ndarray) -> np.ndarray:
+    """Runs int8 inputs through tf.lite with the reference kernels (TFLM's arithmetic)."""
+    interp = tf.lite.Interpreter(model_content=data,
+                                 experimental_op_resolver_type=tf.lite.experimental.OpResolverType.BUILTIN_REF)
+    interp.allocate_tensors()
+    i, o = interp.get_input_details()[0]["index"], interp.get_output_details()[0]["index"]
+    outputs = []
+    for sample in x_int8:
+        interp.set_tensor(i, sample[None])
+        interp.invoke()
+        outputs.append(interp.get_tensor(o).reshape(-1).copy())
+    return np.stack(outputs)
+
+
+def smallest_arena(data: bytes, upper: int | None = None) -> int:
+    """The smallest arena (bytes, multiple of 16) in which host TFLM allocates and runs the model.
+
+    Raises:
+        RuntimeError: when TFLM cannot run the model at all (unsupported op,
+            or no arena up to 64 MB is enough).
+    """
+    def fits(size: int) -> bool:
+        try:
+            interp = tflm_interpreter(data, size)
+            with _silence_stdout():
+                interp.set_input(zeros, 0)
+                interp.invoke()
+            return True
+        except Exception:  # TFLM reports allocation failure as RuntimeError/ValueError
+            return False
+
+    zeros = np.zeros(quantization(data)["input_shape"], np.int8)
+    hi = upper or max(4096, len(data) * 4)
+    while not fits(hi):
+        hi *= 4
+        if hi > 64 << 20:
+            raise RuntimeError("TFLite Micro cannot allocate or run this model "
+                               "(an unsupported op, or over 64 MB of arena)")
+    lo = 0
+    while hi - lo > ARENA_ALIGNMENT:
+        mid = (lo + hi) // 2 // ARENA_ALIGNMENT * ARENA_ALIGNMENT
+        if fits(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi

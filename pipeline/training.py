@@ -1,0 +1,240 @@
+"""Train one candidate: dense phase, channel pruning, unstructured pruning, QAT.
+
+The schedule of one trial, for an epoch budget E:
+
+1. Dense phase, ``round(pruning_start_fraction * E)`` epochs (at most E - 1):
+   train the full-width model. When a block's ``channel_keep`` is below 1,
+   a :class:`~pipeline.builder.ChannelGate` follows each of its conv layers,
+   with an L1 penalty weighted by the bytes each channel costs.
+2. Structured pruning: keep the ``round(keep * filters)`` channels with the
+   largest gate x kernel-magnitude, fold the gates into the layer, and copy
+   the surviving weights into the narrower model (``Architecture.with_channel_keep``),
+   slicing the matching input channels of every consumer.
+3. Pruning phase, the remaining epochs: tfmot ``prune_low_magnitude`` on
+   every Conv2D and Dense kernel with a polynomial schedule that ramps from 0
+   to the target sparsity of its group over ``pruning_ramp_fraction * E``
+   epochs, then ``strip_pruning``.
+4. Optional quantisation-aware fine-tuning (one epoch) with tfmot's
+   prune-preserving scheme, when ``quantization_aware`` is on.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_model_optimization as tfmot
+import tf_keras
+
+from pipeline.architecture import Architecture, Compression, Node, plan
+from pipeline.builder import ChannelMaxPool, build_model
+
+BATCH_SIZE = 64
+GATE_STRENGTH = 1e-3
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingSettings:
+    """The searched training and schedule settings of one trial."""
+
+    epochs: int
+    learning_rate: float
+    pruning_start_fraction: float
+    pruning_ramp_fraction: float
+    quantization_aware: bool
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any], epochs: int) -> TrainingSettings:
+        """Reads the settings from keras-tuner values."""
+        return cls(epochs, float(values["learning_rate"]), float(values["pruning_start_fraction"]),
+                   float(values["pruning_ramp_fraction"]), bool(values["quantization_aware"]))
+
+    @property
+    def dense_epochs(self) -> int:
+        """Epochs trained before any pruning."""
+        return min(self.epochs - 1, int(round(self.pruning_start_fraction * self.epochs)))
+
+
+def train_candidate(arch: Architecture, compression: Compression, settings: TrainingSettings,
+                    x: np.ndarray, y: np.ndarray, seed: int) -> tf_keras.Model:
+    """Trains, channel-prunes and magnitude-prunes one candidate; returns a stripped float model."""
+    tf_keras.utils.set_random_seed(seed)
+    structured = any(k < 1.0 for k in compression.block_channel_keep)
+    gates = _gate_costs(arch, compression) if structured else {}
+    model = build_model(arch, gates)
+    _compile(model, settings.learning_rate)
+    if settings.dense_epochs:
+        model.fit(x, y, batch_size=BATCH_SIZE, epochs=settings.dense_epochs, verbose=0, shuffle=True)
+    if structured:
+        model = prune_channels(model, arch, compression)
+    model = _prune_weights(model, compression, settings, len(x))
+    _compile(model, settings.learning_rate)
+    model.fit(x, y, batch_size=BATCH_SIZE, epochs=settings.epochs - settings.dense_epochs, verbose=0,
+              shuffle=True, callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
+    model = tfmot.sparsity.keras.strip_pruning(model)
+    if settings.quantization_aware:
+        model = _quantization_aware_finetune(model, settings.learning_rate / 10, x, y)
+    _compile(model, settings.learning_rate)
+    return model
+
+
+def _compile(model: tf_keras.Model, learning_rate: float) -> None:
+    model.compile(optimizer=tf_keras.optimizers.Adam(learning_rate),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+
+
+def _gate_costs(arch: Architecture, compression: Compression) -> dict[str, tuple[list[float], float]]:
+    """Per gated conv layer: each channel's bytes (weights in and out, plus its feature map).
+
+    Costs are normalised by their mean so the penalty strength means the same
+    for every architecture.
+    """
+    nodes = plan(arch)
+    consumers = _consumers(nodes)
+    gated = _prunable_convs(nodes, compression)
+    raw: dict[str, float] = {}
+    for name in gated:
+        node = next(n for n in nodes if n.name == name)
+        channels = node.shape[-1]
+        cost = node.kernel_weights / channels + node.bias / channels + node.size / channels
+        for consumer in consumers.get(name, []):
+            cost += _weights_per_input_channel(consumer, channels, nodes, consumers)
+        raw[name] = cost
+    mean = float(np.mean(list(raw.values()))) or 1.0
+    return {name: ([raw[name] / mean] * next(n for n in nodes if n.name == name).shape[-1], GATE_STRENGTH)
+            for name in gated}
+
+
+def _weights_per_input_channel(node: Node, channels: int, nodes: list[Node],
+                               consumers: dict[str, list[Node]]) -> float:
+    """Weights a consumer holds per channel of its input (following pools/flattens)."""
+    if node.op in ("conv", "depthwise", "dense"):
+        return node.kernel_weights / channels
+    return sum(_weights_per_input_channel(c, channels, nodes, consumers) for c in consumers.get(node.name, []))
+
+
+def _consumers(nodes: list[Node]) -> dict[str, list[Node]]:
+    out: dict[str, list[Node]] = {}
+    for node in nodes:
+        for i in node.inputs:
+            out.setdefault(i, []).append(node)
+    return out
+
+
+def _prunable_convs(nodes: list[Node], compression: Compression) -> list[str]:
+    """Names of the layer-output convs whose channels structured pruning removes."""
+    return [n.name for n in nodes if n.op == "conv" and n.attrs["relu"] and n.group
+            and compression.block_channel_keep[int(n.group[5:]) - 1] < 1.0]
+
+
+def prune_channels(model: tf_keras.Model, arch: Architecture, compression: Compression) -> tf_keras.Model:
+    """Removes the least important channels and returns the narrower model with copied weights."""
+    nodes = plan(arch)
+    narrow_arch = arch.with_channel_keep(compression.block_channel_keep)
+    narrow = build_model(narrow_arch)
+    gated = set(_prunable_convs(nodes, compression))
+    keep: dict[str, np.ndarray] = {}
+    for node in nodes:
+        if node.op == "input":
+            keep[node.name] = np.arange(node.shape[-1])
+        elif node.name in gated:
+            n_keep = next(n for n in plan(narrow_arch) if n.name == node.name).shape[-1]
+            gate = model.get_layer(f"{node.name}_gate").get_weights()[0]
+            _fold_gate(model, node, gate)
+            kernel = model.get_layer(node.name).get_weights()[0]
+            score = gate * np.abs(kernel).reshape(-1, kernel.shape[-1]).mean(axis=0)
+            keep[node.name] = np.sort(np.argsort(-score, kind="stable")[:n_keep])
+        elif node.op in ("conv", "dense"):
+            keep[node.name] = np.arange(node.shape[-1])
+        elif node.op == "flatten":
+            src = next(n for n in nodes if n.name == node.inputs[0])
+            grid = np.arange(src.size).reshape(src.shape)
+            keep[node.name] = grid[..., keep[node.inputs[0]]].reshape(-1)
+        elif node.op == "concat":
+            offsets = np.cumsum([0] + [next(n for n in nodes if n.name == i).size for i in node.inputs])
+            keep[node.name] = np.concatenate([keep[i] + o for i, o in zip(node.inputs, offsets)])
+        else:  # channel-wise ops keep their input's channels
+            keep[node.name] = keep[node.inputs[0]]
+    for node in nodes:
+        if node.op in ("conv", "depthwise", "dense"):
+            cin = keep[node.inputs[0]]
+            cout = keep[node.name] if node.op != "depthwise" else None
+            weights = model.get_layer(node.name).get_weights()
+            kernel = weights[0][..., cin, :] if node.op != "dense" else weights[0][cin, :]
+            if cout is not None:
+                kernel = kernel[..., cout]
+            narrow.get_layer(node.name).set_weights([kernel] + [b[cout] for b in weights[1:]])
+            if node.op == "conv" and node.attrs["batch_norm"]:
+                bn = model.get_layer(f"{node.name}_bn").get_weights()
+                narrow.get_layer(f"{node.name}_bn").set_weights([p[cout] for p in bn])
+    return narrow
+
+
+def _fold_gate(model: tf_keras.Model, node: Node, gate: np.ndarray) -> None:
+    """Moves a non-negative gate into the layer before the ReLU: relu(z) * g = relu(z * g)."""
+    if node.attrs["batch_norm"]:
+        bn = model.get_layer(f"{node.name}_bn")
+        gamma, beta, mean, var = bn.get_weights()
+        bn.set_weights([gamma * gate, beta * gate, mean, var])
+    else:
+        layer = model.get_layer(node.name)
+        layer.set_weights([w * gate for w in layer.get_weights()])
+
+
+def _prune_weights(model: tf_keras.Model, compression: Compression, settings: TrainingSettings,
+                   samples: int) -> tf_keras.Model:
+    """Wraps every Conv2D/Dense kernel in prune_low_magnitude with its group's schedule."""
+    steps = int(np.ceil(samples / BATCH_SIZE)) * (settings.epochs - settings.dense_epochs)
+    ramp = max(1, min(steps - 1, int(round(settings.pruning_ramp_fraction * settings.epochs
+                                           * np.ceil(samples / BATCH_SIZE)))))
+    frequency = max(1, ramp // 20)
+    end_step = frequency * (ramp // frequency)
+    sparsity_of = {f"block{b + 1}": s for b, s in enumerate(compression.block_sparsity)}
+    sparsity_of["fc"] = compression.fc_sparsity
+
+    def wrap(layer: tf_keras.layers.Layer) -> tf_keras.layers.Layer:
+        clone = layer.__class__.from_config(layer.get_config())
+        if isinstance(layer, tf_keras.layers.DepthwiseConv2D) or not isinstance(
+                layer, (tf_keras.layers.Conv2D, tf_keras.layers.Dense)):
+            return clone
+        group = "fc" if isinstance(layer, tf_keras.layers.Dense) else layer.name.split("_")[0]
+        schedule = tfmot.sparsity.keras.PolynomialDecay(0.0, sparsity_of[group], 0, end_step,
+                                                        frequency=frequency)
+        return tfmot.sparsity.keras.prune_low_magnitude(clone, pruning_schedule=schedule)
+
+    pruned = tf_keras.models.clone_model(model, clone_function=wrap)
+    for src, dst in zip(model.layers, pruned.layers):
+        target = dst.layer if hasattr(dst, "layer") and not isinstance(dst, ChannelMaxPool) else dst
+        if src.get_weights():
+            target.set_weights(src.get_weights())
+    return pruned
+
+
+def _quantization_aware_finetune(model: tf_keras.Model, learning_rate: float,
+                                 x: np.ndarray, y: np.ndarray) -> tf_keras.Model:
+    """One epoch of prune-preserving quantisation-aware training."""
+    quantize = tfmot.quantization.keras
+    scope = {"ChannelMaxPool": ChannelMaxPool}
+    with quantize.quantize_scope(scope):
+        annotated = quantize.quantize_annotate_model(model)
+        qat = quantize.quantize_apply(
+            annotated, tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme())
+    _compile(qat, learning_rate)
+    qat.fit(x, y, batch_size=BATCH_SIZE, epochs=1, verbose=0, shuffle=True)
+    return qat
+
+
+def kernel_sparsity(model: tf_keras.Model) -> float:
+    """Fraction of zeros over every Conv2D and Dense kernel of a float model."""
+    zeros = total = 0
+    for layer in model.layers:
+        if isinstance(layer, (tf_keras.layers.Conv2D, tf_keras.layers.Dense)) and not isinstance(
+                layer, tf_keras.layers.DepthwiseConv2D):
+            k = layer.get_weights()[0]
+            zeros += int(np.sum(k == 0))
+            total += k.size
+    return zeros / total if total else 0.0
+
+
