@@ -221,6 +221,8 @@ def plan(arch: Architecture) -> list[Node]:
                                 ("right", block1_input, arch.right_fc_units)):
         if not units:
             continue
+        if arch.merge == "Sum" and not arch.main_fc_units:
+            units = h * w * c  # summed with the flattened main path, whatever its width now
         src = next(n for n in nodes if n.name == source)
         nodes.append(Node(f"{side}_flatten", "flatten", (source,), (src.size,)))
         nodes.append(_dense(f"{side}_fc", f"{side}_flatten", src.size, units, True))

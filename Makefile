@@ -1,0 +1,36 @@
+# SpArSe-style search for microcontroller CNNs. `make search`, `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+
+DATASET ?= digits
+TRIALS ?= 20
+EPOCHS ?= 10
+BOARD ?= stm32f413
+OPTIMIZER ?= sparse
+SEED ?= 0
+OUT ?= runs/$(DATASET)-$(BOARD)-$(OPTIMIZER)-e$(EPOCHS)-s$(SEED)
+DATA_DIR ?=
+
+DATA_FLAG := $(if $(DATA_DIR),--data-dir $(DATA_DIR))
+
+.PHONY: search test bench-search clean-venv
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -r requirements.txt
+	touch $@
+
+search: $(VENV)/.installed
+	$(PY) -m pipeline search --dataset $(DATASET) --trials $(TRIALS) --epochs $(EPOCHS) \
+		--board $(BOARD) --optimizer $(OPTIMIZER) --seed $(SEED) --out $(OUT) $(DATA_FLAG)
+
+test: $(VENV)/.installed
+	$(if $(DATA_DIR),SPARSE_DATA_DIR=$(DATA_DIR)) $(PY) -m pytest -q tests
+
+bench-search: $(VENV)/.installed
+	$(PY) scripts/bench_search.py $(DATA_FLAG)
+
+clean-venv:
+	rm -rf $(VENV)

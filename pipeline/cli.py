@@ -1,0 +1,56 @@
+"""Command line: one subcommand per stage (search, export, device, report)."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from pipeline.errors import UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that exits with code 2 and a one-line message."""
+
+    def error(self, message: str) -> None:  # noqa: D102
+        sys.stderr.write(f"error: {message} (see python -m pipeline {self.prog.split()[-1]} --help)\n")
+        raise SystemExit(2)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m pipeline", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    s = sub.add_parser("search", help="search architectures and pruning settings (SpArSe)")
+    s.add_argument("--dataset", default="digits", help="digits, usps, usps2, mnist, mnist2, cifar10, "
+                   "cifar10-2 or npz:PATH (default digits)")
+    s.add_argument("--trials", type=int, default=20)
+    s.add_argument("--epochs", type=int, default=10)
+    s.add_argument("--board", default="stm32f413", help="a row of tflm_project/boards/board_facts.tsv")
+    s.add_argument("--optimizer", default="sparse", help="sparse, random or kt-bayes")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", default="runs/latest", help="output directory (resumed when it exists)")
+    s.add_argument("--data-dir", default=None, help="where datasets are found and cached "
+                   "(default $SPARSE_DATA_DIR, else datasets/)")
+    s.add_argument("--max-ram", type=int, default=None, help="working-memory budget in bytes")
+    s.add_argument("--max-flash", type=int, default=None, help="model-size budget in bytes")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the CLI; returns the process exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "search":
+            from pipeline.search import run_search
+
+            run_search(args.dataset, args.trials, args.epochs, args.board, args.optimizer, args.seed,
+                       Path(args.out), data_dir=args.data_dir, max_ram=args.max_ram,
+                       max_flash=args.max_flash, quiet=args.quiet)
+    except UserError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted: finished trials are saved; run the same command to resume\n")
+        return 130
+    return 0

@@ -1,0 +1,159 @@
+"""SpArSe's multi-objective Bayesian optimisation as a keras-tuner Oracle.
+
+Random scalarisation (Paria et al. 2019, as used by SpArSe): every trial
+draws fresh weights lambda from the simplex and proposes the candidate that
+minimises the Chebyshev scalarisation ``max_k lambda_k f_k``. Only the error
+is unknown before training, so only it has a surrogate (a Gaussian process
+over the encoded hyperparameters, scored by its lower confidence bound);
+model size and working memory are computed exactly for every candidate, and
+a candidate that breaks the budget is never proposed.
+
+The normalised objectives, shared with the hypervolume, all lie in [0, 1]
+for a feasible model: ``error``, ``log(MS) / log(flash budget)`` and
+``log(WM) / log(RAM budget)``.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import keras_tuner
+import numpy as np
+from keras_tuner.engine import trial as trial_module
+
+# values -> {"model_size_bytes": .., "working_memory_bytes": .., "feasible": bool}
+CostFunction = Callable[[Mapping[str, Any]], dict]
+OBJECTIVES = ("error", "model_size", "working_memory")
+
+
+def normalised_objectives(error: float, model_size_bytes: float, working_memory_bytes: float,
+                          max_flash: int, max_ram: int) -> dict[str, float]:
+    """The three minimised objectives on a common [0, 1] scale (for feasible models)."""
+    return {"error": float(error),
+            "model_size": math.log(max(model_size_bytes, 1)) / math.log(max_flash),
+            "working_memory": math.log(max(working_memory_bytes, 1)) / math.log(max_ram)}
+
+
+class SparseOracle(keras_tuner.Oracle):
+    """Random-scalarisation Bayesian optimisation with exact resource objectives.
+
+    Args:
+        cost_fn: computes a candidate's MS, WM and feasibility from its values.
+        max_flash: model-size budget in bytes.
+        max_ram: working-memory budget in bytes.
+        num_initial_points: random feasible trials before the surrogate is used.
+        num_candidates: random feasible candidates scored per proposal.
+        kappa: exploration weight of the lower confidence bound on the error.
+        **kwargs: passed to keras_tuner.Oracle (max_trials, seed, ...).
+    """
+
+    def __init__(self, cost_fn: CostFunction, max_flash: int, max_ram: int,
+                 num_initial_points: int = 3, num_candidates: int = 300, kappa: float = 1.0,
+                 **kwargs):
+        super().__init__(objective=keras_tuner.Objective("error", "min"), **kwargs)
+        self.cost_fn = cost_fn
+        self.max_flash = max_flash
+        self.max_ram = max_ram
+        self.num_initial_points = num_initial_points
+        self.num_candidates = num_candidates
+        self.kappa = kappa
+        self.last_lambda: list[float] | None = None
+
+    def populate_space(self, trial_id: str) -> dict:
+        """Proposes the next trial's values (random at first, then by scalarised BO)."""
+        self.update_space(self.hyperparameters)
+        done = self._finished_feasible()
+        if len(done) < self.num_initial_points:
+            values = self._random_feasible()
+        else:
+            values = self._propose(done, int(trial_id))
+        if values is None:
+            return {"status": trial_module.TrialStatus.STOPPED, "values": None}
+        return {"status": trial_module.TrialStatus.RUNNING, "values": values}
+
+    def _finished_feasible(self) -> list[trial_module.Trial]:
+        return [t for t in self.trials.values()
+                if t.status == trial_module.TrialStatus.COMPLETED and t.metrics.exists("feasible")
+                and t.metrics.get_last_value("feasible") > 0]
+
+    def _random_feasible(self, attempts: int = 200) -> dict | None:
+        last = None
+        for _ in range(attempts):
+            values = self._random_values()
+            if values is None:
+                return last
+            last = values
+            if self.cost_fn(values)["feasible"]:
+                return values
+        return last
+
+    def _propose(self, done: list[trial_module.Trial], index: int) -> dict | None:
+        rng = np.random.default_rng([self.seed, index])
+        weights = rng.dirichlet(np.ones(len(OBJECTIVES)))
+        self.last_lambda = [float(w) for w in weights]
+        x = np.array([self._encode(t.hyperparameters.values) for t in done])
+        y = np.array([t.metrics.get_last_value("error") for t in done])
+        surrogate = _fit_gp(x, y, seed=int(rng.integers(1 << 31)))
+        candidates, encoded, costs = [], [], []
+        for _ in range(self.num_candidates):
+            values = self._random_values()
+            if values is None:
+                break
+            cost = self.cost_fn(values)
+            if cost["feasible"]:
+                candidates.append(values)
+                encoded.append(self._encode(values))
+                costs.append(cost)
+        if not candidates:
+            return self._random_feasible()
+        mean, std = surrogate.predict(np.array(encoded), return_std=True)
+        best, best_score = None, math.inf
+        for values, mu, sigma, cost in zip(candidates, mean, std, costs):
+            f = normalised_objectives(max(0.0, mu - self.kappa * sigma), cost["model_size_bytes"],
+                                      cost["working_memory_bytes"], self.max_flash, self.max_ram)
+            score = max(w * f[k] for w, k in zip(weights, OBJECTIVES))
+            if score < best_score:
+                best, best_score = values, score
+        return best
+
+    def _encode(self, values: Mapping[str, Any]) -> list[float]:
+        """Hyperparameters to [0, 1]^d; an inactive parameter encodes as 0."""
+        out = []
+        for hp in self.hyperparameters.space:
+            if hp.name in values and values[hp.name] is not None:
+                out.append(float(hp.value_to_prob(values[hp.name])))
+            else:
+                out.append(0.0)
+        return out
+
+    def get_state(self) -> dict:  # noqa: D102
+        state = super().get_state()
+        state.update(num_initial_points=self.num_initial_points, num_candidates=self.num_candidates,
+                     kappa=self.kappa, max_flash=self.max_flash, max_ram=self.max_ram,
+                     last_lambda=self.last_lambda)
+        return state
+
+    def set_state(self, state: dict) -> None:  # noqa: D102
+        super().set_state(state)
+        self.num_initial_points = state["num_initial_points"]
+        self.num_candidates = state["num_candidates"]
+        self.kappa = state["kappa"]
+        self.max_flash = state["max_flash"]
+        self.max_ram = state["max_ram"]
+        self.last_lambda = state["last_lambda"]
+
+
+def _fit_gp(x: np.ndarray, y: np.ndarray, seed: int):
+    """A Matern-5/2 GP with a noise term on the observed errors."""
+    from sklearn.gaussian_process import GaussianProcessRegressor
+    from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
+
+    kernel = ConstantKernel(1.0) * Matern(length_scale=np.ones(x.shape[1]), nu=2.5) + WhiteKernel(1e-3)
+    gp = GaussianProcessRegressor(kernel=kernel, normalize_y=True, random_state=seed,
+                                  n_restarts_optimizer=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # convergence chatter on a handful of points
+        gp.fit(x, y)
+    return gp

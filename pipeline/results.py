@@ -1,0 +1,172 @@
+"""Search results on disk: trials.csv, pareto.json, pareto.png, report.md, Pareto models.
+
+Everything is derived from keras-tuner's trial records, so the files are
+rewritten whole after every trial and a resumed search rewrites them the same.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from keras_tuner.engine import trial as trial_module
+
+from pipeline import pareto
+from pipeline.oracle import OBJECTIVES, normalised_objectives
+from pipeline.space import hyperparameter_names
+
+METRIC_COLUMNS = ("accuracy", "int8_accuracy", "float_accuracy", "model_size_bytes",
+                  "working_memory_bytes", "analytical_model_size_bytes",
+                  "analytical_working_memory_bytes", "sparsity", "flatbuffer_bytes", "arena_bytes")
+PARETO_OBJECTIVES = ("error", "model_size_bytes", "working_memory_bytes")
+HYPERVOLUME_REFERENCE = {"error": 1.0, "model_size": 1.0, "working_memory": 1.0}
+
+
+def trial_rows(oracle) -> list[dict[str, Any]]:
+    """One row per ended trial, in trial-id order, with the pareto column filled in."""
+    rows = []
+    for trial_id in sorted(oracle.trials):
+        trial = oracle.trials[trial_id]
+        if trial.status not in (trial_module.TrialStatus.COMPLETED, trial_module.TrialStatus.FAILED,
+                                trial_module.TrialStatus.INVALID):
+            continue
+        metric = lambda name: (trial.metrics.get_last_value(name)  # noqa: E731
+                               if trial.metrics.exists(name) else None)
+        completed = trial.status == trial_module.TrialStatus.COMPLETED
+        feasible = bool(metric("feasible")) if completed else False
+        trained = completed and metric("int8_accuracy") is not None
+        status = "trained" if trained else ("infeasible" if completed else "failed")
+        row: dict[str, Any] = {"trial_id": trial_id, "status": status}
+        row.update({name: trial.hyperparameters.values.get(name) for name in hyperparameter_names()})
+        for name in METRIC_COLUMNS:
+            value = metric(name)
+            row[name] = None if value is None else (int(value) if name.endswith("bytes") else round(value, 6))
+        row["feasible"] = feasible and trained
+        row["seconds"] = round(metric("seconds") or 0.0, 2)
+        row["reason"] = _last_line(trial.message) if status == "failed" else ""
+        rows.append(row)
+    points = [{"error": 1 - (r["accuracy"] or 0), "model_size_bytes": r["model_size_bytes"] or 0,
+               "working_memory_bytes": r["working_memory_bytes"] or 0} for r in rows]
+    mask = pareto.pareto_mask(points, PARETO_OBJECTIVES, [r["feasible"] for r in rows])
+    for row, on_front in zip(rows, mask):
+        row["pareto"] = on_front
+    return rows
+
+
+def _last_line(message: str | None) -> str:
+    lines = [line for line in (message or "").strip().splitlines() if line.strip()]
+    return lines[-1][:300] if lines else "unknown failure"
+
+
+def front_hypervolume(rows: list[dict[str, Any]], max_flash: int, max_ram: int) -> float:
+    """Hypervolume of the feasible front in normalised objectives, reference point (1, 1, 1)."""
+    points = [normalised_objectives(1 - r["accuracy"], r["model_size_bytes"], r["working_memory_bytes"],
+                                    max_flash, max_ram) for r in rows if r["pareto"]]
+    return pareto.hypervolume(points, OBJECTIVES, HYPERVOLUME_REFERENCE)
+
+
+def write_results(out: Path, oracle, run: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rewrites every result file of a run from the oracle's trials; returns the rows."""
+    rows = trial_rows(oracle)
+    if not rows:
+        return rows
+    columns = ["trial_id", "status", *hyperparameter_names(), *METRIC_COLUMNS, "feasible", "pareto",
+               "seconds", "reason"]
+    tmp = out / "trials.csv.tmp"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: "" if row.get(k) is None else row[k] for k in columns})
+    tmp.replace(out / "trials.csv")
+    front = [r for r in rows if r["pareto"]]
+    hv = front_hypervolume(rows, run["max_flash"], run["max_ram"])
+    summary = {"run": run, "hypervolume": hv,
+               "hypervolume_reference": "error 1, log(MS)/log(flash budget) 1, log(WM)/log(RAM budget) 1",
+               "pareto": [{k: r[k] for k in ("trial_id", "accuracy", "float_accuracy", "model_size_bytes",
+                                             "working_memory_bytes", "arena_bytes", "flatbuffer_bytes",
+                                             "sparsity")} | {"hyperparameters": _hps(r)} for r in front]}
+    (out / "pareto.json").write_text(json.dumps(summary, indent=2) + "\n")
+    _copy_pareto_models(out, front)
+    _plot(out / "pareto.png", rows, run)
+    _report(out / "report.md", rows, run, hv)
+    return rows
+
+
+def _hps(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: row[k] for k in hyperparameter_names() if row.get(k) is not None}
+
+
+def _copy_pareto_models(out: Path, front: list[dict[str, Any]]) -> None:
+    target = out / "pareto_models"
+    keep = {r["trial_id"] for r in front}
+    if target.exists():
+        for old in target.iterdir():
+            if old.name not in keep:
+                shutil.rmtree(old)
+    for trial_id in keep:
+        src = out / "search" / f"trial_{trial_id}"
+        dst = target / trial_id
+        dst.mkdir(parents=True, exist_ok=True)
+        for f in src.glob("model_*"):
+            shutil.copy2(f, dst / f.name)
+
+
+def _plot(path: Path, rows: list[dict[str, Any]], run: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    trained = [r for r in rows if r["status"] == "trained"]
+    for ax, key, budget, label in ((axes[0], "model_size_bytes", run["max_flash"], "model size MS (bytes)"),
+                                   (axes[1], "working_memory_bytes", run["max_ram"], "working memory WM (bytes)")):
+        rest = [r for r in trained if not r["pareto"]]
+        front = sorted((r for r in trained if r["pareto"]), key=lambda r: r[key])
+        ax.scatter([r[key] for r in rest], [100 * r["accuracy"] for r in rest], c="0.6", s=18,
+                   label="trial")
+        ax.scatter([r[key] for r in front], [100 * r["accuracy"] for r in front], c="tab:red", s=36,
+                   label="Pareto (3 objectives)", zorder=3)
+        ax.axvline(budget, color="tab:blue", ls="--", lw=1, label=f"budget {budget:,} B")
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel("int8 validation accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    fig.suptitle(f"{run['dataset']} on {run['board']}: {len(rows)} trials, optimizer {run['optimizer']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _report(path: Path, rows: list[dict[str, Any]], run: dict[str, Any], hv: float) -> None:
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("trained", "infeasible", "failed")}
+    lines = [f"# Search report: {run['dataset']} on {run['board']}", "",
+             f"- optimizer `{run['optimizer']}`, seed {run['seed']}, {run['epochs']} epochs per trial",
+             f"- budget: RAM {run['max_ram']:,} B, flash {run['max_flash']:,} B",
+             f"- trials: {len(rows)} ({counts['trained']} trained, {counts['infeasible']} infeasible "
+             f"and never trained, {counts['failed']} failed)",
+             f"- hypervolume of the feasible front: {hv:.4f} (normalised objectives, reference point 1,1,1)",
+             "", "## Pareto front (int8 model, validation split)", "",
+             "| trial | int8 acc % | float acc % | MS bytes | WM bytes | TFLM arena bytes | sparsity |",
+             "|---|---|---|---|---|---|---|"]
+    for r in sorted((r for r in rows if r["pareto"]), key=lambda r: r["model_size_bytes"]):
+        lines.append(f"| {r['trial_id']} | {100 * r['accuracy']:.2f} | {100 * (r['float_accuracy'] or 0):.2f} | "
+                     f"{r['model_size_bytes']:,} | {r['working_memory_bytes']:,} | {r['arena_bytes']:,} | "
+                     f"{r['sparsity']:.2f} |")
+    failed = [r for r in rows if r["status"] == "failed"]
+    if failed:
+        lines += ["", "## Failed trials", ""] + [f"- {r['trial_id']}: {r['reason']}" for r in failed]
+    lines += ["", "![Pareto front](pareto.png)", ""]
+    path.write_text("\n".join(lines))
+
+
+def best_trial(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The most accurate Pareto trial (ties: the smaller model)."""
+    front = [r for r in rows if r["pareto"]]
+    return min(front, key=lambda r: (-r["accuracy"], r["model_size_bytes"])) if front else None
+
+

@@ -1,0 +1,111 @@
+"""`search`: run (or resume) one search into an output directory."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import keras_tuner
+from tqdm import tqdm
+
+from pipeline.boards import get_board
+from pipeline.builder import SparseHyperModel
+from pipeline.datasets import load_dataset
+from pipeline.errors import UserError
+from pipeline.oracle import SparseOracle
+from pipeline.results import best_trial, front_hypervolume, write_results
+from pipeline.tuner import Budget, SparseTuner, analytical_costs
+
+OPTIMIZERS = ("sparse", "random", "kt-bayes")
+RUN_FILE = "run.json"
+IDENTITY = ("dataset", "board", "max_ram", "max_flash", "optimizer", "seed", "epochs")
+MAX_CONSECUTIVE_FAILURES = 3
+
+
+def run_search(dataset: str, trials: int, epochs: int, board: str, optimizer: str, seed: int,
+               out: Path, data_dir: str | None = None, max_ram: int | None = None,
+               max_flash: int | None = None, quiet: bool = False) -> list[dict[str, Any]]:
+    """Runs a search until ``trials`` trials have ended; resumes when ``out`` holds the same search."""
+    if optimizer not in OPTIMIZERS:
+        raise UserError(f"unknown optimizer {optimizer!r}: expected one of {', '.join(OPTIMIZERS)}")
+    for name, value in (("trials", trials), ("epochs", epochs)):
+        if value < 1:
+            raise UserError(f"--{name} {value} is not allowed: give a whole number of at least 1")
+    spec = get_board(board)
+    run = {"dataset": dataset, "board": board, "max_ram": max_ram or spec.ram_bytes,
+           "max_flash": max_flash or spec.flash_bytes, "optimizer": optimizer, "seed": seed,
+           "epochs": epochs}
+    _claim_output_dir(out, run)
+    data = load_dataset(dataset, data_dir)
+    budget = Budget(run["max_ram"], run["max_flash"])
+    oracle = _make_oracle(optimizer, trials, seed, data, budget)
+    (out / RUN_FILE).write_text(json.dumps(run, indent=2) + "\n")
+
+    bar = tqdm(total=trials, desc="trials", unit="trial", disable=quiet, dynamic_ncols=True)
+
+    def on_trial_done() -> None:
+        rows = write_results(out, tuner.oracle, run)
+        bar.n = len(rows)
+        bar.set_postfix_str(_progress(rows, run))
+
+    tuner = SparseTuner(oracle, SparseHyperModel(data.input_shape, data.num_classes), data, epochs,
+                        budget, seed, on_trial_done=on_trial_done, directory=str(out),
+                        project_name="search")
+    oracle.max_trials = trials
+    rows = write_results(out, tuner.oracle, run)
+    bar.n = len(rows)
+    bar.refresh()
+    try:
+        tuner.search(verbose=0)
+    except RuntimeError as exc:
+        if "consecutive failures" not in str(exc):
+            raise
+        bar.close()
+        raise UserError(f"the search stopped after {MAX_CONSECUTIVE_FAILURES} consecutive failed trials "
+                        f"(last: {str(exc).strip().splitlines()[-1]}); see {out / 'trials.csv'}") from None
+    rows = write_results(out, tuner.oracle, run)
+    bar.set_postfix_str(_progress(rows, run))
+    bar.close()
+    if not quiet:
+        print(f"done: {len(rows)} trials in {out}; {_progress(rows, run)}")
+    return rows
+
+
+def _progress(rows: list[dict[str, Any]], run: dict[str, Any]) -> str:
+    best = best_trial(rows)
+    hv = front_hypervolume(rows, run["max_flash"], run["max_ram"])
+    if best is None:
+        return f"no feasible model yet, hypervolume {hv:.4f}"
+    return (f"best {100 * best['accuracy']:.1f}% at MS {best['model_size_bytes']:,} B / "
+            f"WM {best['working_memory_bytes']:,} B, hypervolume {hv:.4f} (ref 1,1,1)")
+
+
+def _claim_output_dir(out: Path, run: dict[str, Any]) -> None:
+    """Refuses an output directory that holds a different search or something else."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {str(out)!r} is a file: give a directory for the search results")
+    existing = out / RUN_FILE
+    if existing.is_file():
+        old = json.loads(existing.read_text())
+        differs = [k for k in IDENTITY if old.get(k) != run[k]]
+        if differs:
+            detail = ", ".join(f"{k} {old.get(k)!r} (now {run[k]!r})" for k in differs)
+            raise UserError(f"--out {str(out)!r} holds a different search ({detail}): "
+                            "choose another --out, or repeat the original settings to resume")
+    elif out.is_dir() and any(out.iterdir()):
+        raise UserError(f"--out {str(out)!r} is not empty and holds no {RUN_FILE}: "
+                        "choose a new or empty directory")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _make_oracle(optimizer: str, trials: int, seed: int, data, budget: Budget):
+    common = {"max_trials": trials, "seed": seed,
+              "max_consecutive_failed_trials": MAX_CONSECUTIVE_FAILURES}
+    if optimizer == "sparse":
+        return SparseOracle(lambda v: analytical_costs(v, data.input_shape, data.num_classes, budget),
+                            budget.max_flash, budget.max_ram, **common)
+    if optimizer == "random":
+        return keras_tuner.oracles.RandomSearchOracle(
+            objective=keras_tuner.Objective("error", "min"), **common)
+    return keras_tuner.oracles.BayesianOptimizationOracle(
+        objective=keras_tuner.Objective("weighted_sum", "min"), num_initial_points=3, **common)

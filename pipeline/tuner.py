@@ -1,0 +1,145 @@
+"""The trial loop: a keras-tuner BaseTuner whose run_trial measures the shipped model.
+
+One trial: decode the values; compute exact MS/WM of the pruned architecture
+and stop there if it breaks the budget (never trained); otherwise train,
+prune, convert to int8, and read every objective back from the flatbuffer:
+MS and WM from its weights and tensors, the arena from host TFLite Micro,
+and the int8 accuracy by running the validation set through TFLite Micro.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from keras_tuner.engine import base_tuner
+from keras_tuner.engine import trial as trial_module
+from keras_tuner.errors import FailedTrialError
+
+from pipeline import costs, tflite_model
+from pipeline.architecture import decode, plan
+from pipeline.datasets import Dataset
+from pipeline.oracle import normalised_objectives
+from pipeline.training import TrainingSettings, kernel_sparsity, train_candidate
+
+MODEL_FILE = "model_int8.tflite"
+KERAS_FILE = "model_float.keras"
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """Resource budget of the target board, in bytes."""
+
+    max_ram: int
+    max_flash: int
+
+
+def analytical_costs(values: Mapping[str, Any], input_shape: tuple[int, int, int], num_classes: int,
+                     budget: Budget) -> dict:
+    """Exact MS and WM of a candidate after its pruning targets, and whether it fits the budget.
+
+    Constraints follow Optuna's convention (<= 0 is feasible): MS - flash
+    budget and WM - RAM budget.
+    """
+    arch, compression = decode(values, input_shape, num_classes)
+    graph = costs.graph_from_plan(plan(arch.with_channel_keep(compression.block_channel_keep)),
+                                  compression)
+    ms, wm = costs.model_size_bytes(graph), costs.working_memory_bytes(graph)
+    constraints = (ms - budget.max_flash, wm - budget.max_ram)
+    return {"model_size_bytes": ms, "working_memory_bytes": wm, "constraints": constraints,
+            "feasible": all(c <= 0 for c in constraints)}
+
+
+class SparseTuner(base_tuner.BaseTuner):
+    """Runs trials for any oracle (sparse, random, kt-bayes) and reports every objective by name.
+
+    Args:
+        oracle: the search algorithm.
+        hypermodel: a SparseHyperModel (declares the space).
+        dataset: the data; only its train and validation splits are used.
+        epochs: epoch budget of one trial.
+        budget: the board's resource budget.
+        seed: base seed; trial i trains with seed + i.
+        on_trial_done: called after every trial (writes results, moves the progress bar).
+        **kwargs: directory and project_name for keras-tuner.
+    """
+
+    def __init__(self, oracle, hypermodel, dataset: Dataset, epochs: int, budget: Budget, seed: int,
+                 on_trial_done: Callable[[], None] | None = None, **kwargs):
+        self.dataset = dataset
+        self.epochs = epochs
+        self.budget = budget
+        self.seed = seed
+        self.on_trial_done = on_trial_done
+        super().__init__(oracle, hypermodel=hypermodel, **kwargs)
+
+    def _populate_initial_space(self) -> None:
+        """Declares the whole space at once (every conditional parameter included)."""
+        hp = self.oracle.get_space()
+        self.hypermodel.declare_hyperparameters(hp)
+        self.oracle.update_space(hp)
+
+    def _try_run_and_update_trial(self, trial, *args, **kwargs) -> None:
+        """As keras-tuner's, but a failed trial keeps a one-line reason, not a traceback."""
+        try:
+            self._run_and_update_trial(trial, *args, **kwargs)
+            trial.status = trial_module.TrialStatus.COMPLETED
+        except FailedTrialError as exc:
+            trial.status = trial_module.TrialStatus.FAILED
+            trial.message = str(exc)
+
+    def on_trial_end(self, trial) -> None:  # noqa: D102
+        super().on_trial_end(trial)
+        if self.on_trial_done:
+            self.on_trial_done()
+
+    def run_trial(self, trial, *args, **kwargs) -> dict[str, float]:
+        """Trains and measures one candidate; returns named metrics for the oracle."""
+        started = time.monotonic()
+        values = trial.hyperparameters.values
+        data = self.dataset
+        analytic = analytical_costs(values, data.input_shape, data.num_classes, self.budget)
+        if not analytic["feasible"]:
+            return self._metrics(1.0, analytic["model_size_bytes"], analytic["working_memory_bytes"],
+                                 feasible=False, seconds=time.monotonic() - started)
+        trial_dir = Path(self.get_trial_dir(trial.trial_id))
+        try:
+            arch, compression = decode(values, data.input_shape, data.num_classes)
+            settings = TrainingSettings.from_values(values, self.epochs)
+            model = train_candidate(arch, compression, settings, data.x_train, data.y_train,
+                                    seed=self.seed + int(trial.trial_id))
+            float_accuracy = float(model.evaluate(data.x_val, data.y_val, verbose=0)[1])
+            flatbuffer = tflite_model.convert_int8(model, data.x_train, seed=self.seed)
+            (trial_dir / MODEL_FILE).write_bytes(flatbuffer)
+            model.save(trial_dir / KERAS_FILE, include_optimizer=False)
+            arena = tflite_model.smallest_arena(flatbuffer)
+            outputs = tflite_model.tflm_run(flatbuffer, tflite_model.quantize_inputs(flatbuffer, data.x_val),
+                                            arena_bytes=arena)
+        except MemoryError as exc:
+            raise FailedTrialError(f"out of memory: {exc}") from exc
+        except FailedTrialError:
+            raise
+        except Exception as exc:  # a degenerate candidate: record why and go on
+            raise FailedTrialError(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+        int8_accuracy = float(np.mean(outputs.argmax(axis=1) == data.y_val))
+        graph = tflite_model.resource_graph(flatbuffer)
+        ms, wm = costs.model_size_bytes(graph), costs.working_memory_bytes(graph)
+        feasible = ms <= self.budget.max_flash and wm <= self.budget.max_ram
+        return self._metrics(1.0 - int8_accuracy, ms, wm, feasible=feasible,
+                             seconds=time.monotonic() - started, float_accuracy=float_accuracy,
+                             int8_accuracy=int8_accuracy, sparsity=kernel_sparsity(model),
+                             flatbuffer_bytes=len(flatbuffer), arena_bytes=arena,
+                             analytical_model_size_bytes=analytic["model_size_bytes"],
+                             analytical_working_memory_bytes=analytic["working_memory_bytes"])
+
+    def _metrics(self, error: float, ms: int, wm: int, feasible: bool, seconds: float,
+                 **extra: float) -> dict[str, float]:
+        norm = normalised_objectives(error, ms, wm, self.budget.max_flash, self.budget.max_ram)
+        # keras-tuner's stock BayesianOptimization minimises this weighted sum.
+        weighted = norm["error"] + 0.5 * norm["model_size"] + 0.5 * norm["working_memory"]
+        return {"error": error, "accuracy": 1.0 - error, "model_size_bytes": float(ms),
+                "working_memory_bytes": float(wm), "feasible": float(feasible),
+                "weighted_sum": weighted + (0.0 if feasible else 10.0), "seconds": seconds, **extra}

@@ -1,0 +1,28 @@
+"""Shared fixtures: the offline data dir and a small, fixed set of hyperparameters."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+import pipeline  # noqa: F401  (selects tf_keras before TensorFlow loads)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """$SPARSE_DATA_DIR, else the offline copies in ../shared/datasets."""
+    path = Path(os.environ.get("SPARSE_DATA_DIR") or REPO.parent / "shared" / "datasets")
+    if not (path / "usps.h5").is_file():
+        pytest.fail(f"no usps.h5 in {path}: set SPARSE_DATA_DIR to the offline datasets")
+    return path
+
+
+@pytest.fixture()
+def base_values() -> dict:
+    """The space's defaults: one block with one 3x3 Conv2D of 16 filters, no FC, no branch."""
+    from pipeline.space import new_space
+
+    return dict(new_space().values)

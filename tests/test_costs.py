@@ -1,0 +1,51 @@
+"""MS and WM against figures computed by hand (int8 weights 1 B, int32 biases 4 B, activations 1 B)."""
+from __future__ import annotations
+
+from pipeline.architecture import decode, plan
+from pipeline.costs import graph_from_plan, model_size_bytes, working_memory_bytes
+
+
+def _costs(values: dict, shape=(16, 16, 1), classes=10, pruned=False):
+    arch, compression = decode(values, shape, classes)
+    if pruned:
+        arch = arch.with_channel_keep(compression.block_channel_keep)
+    graph = graph_from_plan(plan(arch), compression if pruned else None)
+    return model_size_bytes(graph), working_memory_bytes(graph)
+
+
+def test_single_conv_costs_match_hand_computation(base_values):
+    # conv 3x3x1x16: 144 weights + 16 biases*4; classifier 8*8*16*10 = 10240 + 10*4
+    # WM: conv 16x16x16 (4096) + its pooled output 8x8x16 (1024) = 5120
+    assert _costs(base_values) == (144 + 64 + 10240 + 40, 5120)
+
+
+def test_separable_conv_costs_match_hand_computation(base_values):
+    v = base_values | {"block1_num_layers": 2, "block1_layer2_type": "SeparableConv2D",
+                       "block1_layer2_kernel": 3, "block1_layer2_filters": 8}
+    # depthwise 3*3*16 = 144 (no bias), pointwise 16*8 = 128 + 8*4, conv1 144 + 64,
+    # classifier 8*8*8*10 = 5120 + 40
+    ms = 144 + 64 + 144 + 128 + 32 + 5120 + 40
+    # peaks: conv1 in 256 + out 4096; depthwise 4096 + 4096 = 8192; pointwise 4096 + 2048
+    assert _costs(v) == (ms, 8192)
+
+
+def test_right_branch_keeps_block_input_alive(base_values):
+    v = base_values | {"downsample_input": True, "input_downsampling_rate": 2,
+                       "right_branch": True, "fc_fraction_right": 1.0, "total_fc_weights": 6400,
+                       "merge_type": "Concatenate"}
+    # input 16x16 -> pool 8x8 (64); right FC on 64 features: 6400/64 = 100 units
+    # conv 8x8x16 (1024) -> pool 4x4x16 (256); concat 256 + 100 = 356 -> classifier 10
+    ms = 144 + 64 + 64 * 100 + 100 * 4 + 356 * 10 + 40
+    # running the right FC first keeps its 100 outputs alive through the block:
+    # conv 1024 + pool 256 + 100 = 1380. Running it last keeps its 64 inputs alive instead:
+    # conv 1024 + pool 256 + 64 = 1344, the smaller peak
+    assert _costs(v) == (ms, 1344)
+
+
+def test_downsampled_conv_and_pruning_targets(base_values):
+    v = base_values | {"block1_layer1_type": "DownsampledConv2D", "block1_layer1_downsample_fraction": 0.25,
+                       "block1_sparsity": 0.5, "fc_sparsity": 0.75, "block1_channel_keep": 0.5}
+    # 16 filters keep 8; reduce 1x1 to round(16*0.25) = 4 channels, no bias: 4 weights -> 2 kept
+    # 3x3x4x8 = 288 -> 144 kept + 8 biases; classifier 8*8*8*10 = 5120 -> 1280 kept + 40
+    # WM: 3x3 conv reads the 16x16x4 reduction (1024) and writes 16x16x8 (2048)
+    assert _costs(v, pruned=True) == (2 + 144 + 32 + 1280 + 40, 3072)

@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from pipeline.datasets import load_dataset
+from pipeline.errors import UserError
+
+
+def test_usps_loads_hull_split_with_fixed_validation(data_dir):
+    d = load_dataset("usps", data_dir)
+    assert (len(d.x_train) + len(d.x_val), len(d.x_test)) == (7291, 2007)
+    assert d.input_shape == (16, 16, 1) and d.num_classes == 10
+    assert 0.0 <= d.x_train.min() and d.x_train.max() <= 1.0
+    again = load_dataset("usps", data_dir)
+    np.testing.assert_array_equal(d.y_val, again.y_val)
+
+
+def test_binary_usps_groups_digits_below_five(data_dir):
+    d = load_dataset("usps2", data_dir)
+    full = load_dataset("usps", data_dir)
+    np.testing.assert_array_equal(d.y_train, (full.y_train >= 5).astype(int))
+    assert d.labels == ("0-4", "5-9")
+
+
+def test_missing_file_offline_fails_fast_naming_file_dir_and_url(tmp_path):
+    started = time.monotonic()
+    with pytest.raises(UserError) as err:
+        load_dataset("usps", tmp_path)
+    message = str(err.value)
+    assert time.monotonic() - started < 20
+    assert "usps.h5" in message and str(tmp_path) in message and "https://" in message
+
+
+def test_npz_dataset_loads_and_malformed_npz_is_rejected(tmp_path):
+    good = tmp_path / "mine.npz"
+    rng = np.random.default_rng(0)
+    np.savez(good, x_train=rng.integers(0, 255, (50, 12, 12), dtype=np.uint8),
+             y_train=rng.integers(0, 3, 50), x_test=rng.integers(0, 255, (10, 12, 12), dtype=np.uint8),
+             y_test=rng.integers(0, 3, 10))
+    d = load_dataset(f"npz:{good}")
+    assert d.input_shape == (12, 12, 1) and d.num_classes == 3 and len(d.x_test) == 10
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, x_train=np.zeros((5, 4, 4)), y_train=np.zeros(5, int))
+    with pytest.raises(UserError, match="lacks x_test, y_test"):
+        load_dataset(f"npz:{bad}")
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(UserError, match="cannot be read"):
+        load_dataset(f"npz:{tmp_path / 'junk.npz'}")
+
+
+def test_unknown_dataset_names_accepted_ones():
+    with pytest.raises(UserError, match="unknown dataset 'usp'.*usps"):
+        load_dataset("usp")
