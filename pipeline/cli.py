@@ -37,9 +37,23 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _import_tensorflow_quietly() -> None:
+    """TensorFlow's C++ start-up lines (CUDA probing, absl) go to fd 2 before any
+    logging setting applies; hide them once so users see only our output."""
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Runs the CLI; returns the process exit code."""
     args = _parser().parse_args(argv)
+    _import_tensorflow_quietly()
     try:
         if args.command == "search":
             from pipeline.search import run_search

@@ -146,6 +146,9 @@ def prune_channels(model: tf_keras.Model, arch: Architecture, compression: Compr
             kernel = model.get_layer(node.name).get_weights()[0]
             score = gate * np.abs(kernel).reshape(-1, kernel.shape[-1]).mean(axis=0)
             keep[node.name] = np.sort(np.argsort(-score, kind="stable")[:n_keep])
+        elif node.op == "dense" and arch.merge == "Sum" and not arch.main_fc_units \
+                and node.name in ("left_fc", "right_fc"):
+            keep[node.name] = keep["main_flatten"]  # summed with the main path's features
         elif node.op in ("conv", "dense"):
             keep[node.name] = np.arange(node.shape[-1])
         elif node.op == "flatten":

@@ -114,7 +114,7 @@ class SparseTuner(base_tuner.BaseTuner):
             float_accuracy = float(model.evaluate(data.x_val, data.y_val, verbose=0)[1])
             flatbuffer = tflite_model.convert_int8(model, data.x_train, seed=self.seed)
             (trial_dir / MODEL_FILE).write_bytes(flatbuffer)
-            model.save(trial_dir / KERAS_FILE, include_optimizer=False)
+            model.save(trial_dir / KERAS_FILE)
             arena = tflite_model.smallest_arena(flatbuffer)
             outputs = tflite_model.tflm_run(flatbuffer, tflite_model.quantize_inputs(flatbuffer, data.x_val),
                                             arena_bytes=arena)

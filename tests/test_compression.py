@@ -1,0 +1,89 @@
+"""Pruning, int8 conversion and the host TFLite Micro check, with real training on USPS."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from pipeline import costs, tflite_model
+from pipeline.architecture import decode, plan
+from pipeline.datasets import load_dataset
+from pipeline.training import TrainingSettings, kernel_sparsity, train_candidate
+
+
+@pytest.fixture(scope="module")
+def usps(data_dir):
+    return load_dataset("usps", data_dir)
+
+
+def _train(values, data, epochs=2):
+    arch, compression = decode(values, data.input_shape, data.num_classes)
+    model = train_candidate(arch, compression, TrainingSettings.from_values(values, epochs),
+                            data.x_train[:2000], data.y_train[:2000], seed=0)
+    return arch, compression, model
+
+
+def _kernel_zeros(flatbuffer: bytes) -> tuple[int, int]:
+    interp = tf.lite.Interpreter(model_content=flatbuffer)
+    zeros = total = 0
+    for op in interp._get_ops_details():
+        if op["op_name"] in ("CONV_2D", "FULLY_CONNECTED"):
+            kernel = interp.get_tensor(op["inputs"][1])
+            zeros += int(np.sum(kernel == 0))
+            total += kernel.size
+    return zeros, total
+
+
+def test_unstructured_pruning_reaches_target_and_survives_int8(usps, base_values):
+    values = base_values | {"block1_sparsity": 0.7, "fc_sparsity": 0.7, "block1_channel_keep": 1.0,
+                            "pruning_start_fraction": 0.0, "pruning_ramp_fraction": 0.2}
+    arch, compression, model = _train(values, usps)
+    assert kernel_sparsity(model) == pytest.approx(0.7, abs=0.01)
+    flatbuffer = tflite_model.convert_int8(model, usps.x_train)
+    zeros, total = _kernel_zeros(flatbuffer)
+    assert zeros / total >= 0.7 - 0.01
+    # the flatbuffer's nonzero count is at most what the analytical model promised
+    promised = costs.model_size_bytes(costs.graph_from_plan(plan(arch), compression))
+    assert costs.model_size_bytes(tflite_model.resource_graph(flatbuffer)) <= promised
+
+
+def test_structured_pruning_lowers_working_memory_and_flatbuffer(usps, base_values):
+    dense_values = base_values | {"block1_sparsity": 0.0, "fc_sparsity": 0.0, "block1_layer1_filters": 24}
+    pruned_values = dense_values | {"block1_channel_keep": 0.5}
+    _, _, dense = _train(dense_values, usps, epochs=1)
+    _, _, pruned = _train(pruned_values, usps, epochs=2)
+    dense_fb = tflite_model.convert_int8(dense, usps.x_train)
+    pruned_fb = tflite_model.convert_int8(pruned, usps.x_train)
+    dense_wm = costs.working_memory_bytes(tflite_model.resource_graph(dense_fb))
+    pruned_wm = costs.working_memory_bytes(tflite_model.resource_graph(pruned_fb))
+    # 24 channels: 16x16x24 + 8x8x24 = 7680 B; 12 channels left: 3840 B
+    assert (dense_wm, pruned_wm) == (7680, 3840)
+    # int8 weights removed: classifier 1536x10 -> 768x10 (7680 B), conv 3x3x24 -> 3x3x12 (108 B)
+    assert len(dense_fb) - len(pruned_fb) >= 7680 + 108
+    assert pruned.evaluate(usps.x_val, usps.y_val, verbose=0)[1] > 0.85
+
+
+def test_tflm_matches_reference_kernels_for_branch_separable_downsampled(usps, base_values):
+    values = base_values | {
+        "block1_num_layers": 3, "block1_layer1_type": "DownsampledConv2D",
+        "block1_layer1_downsample_fraction": 0.25, "block1_layer2_type": "SeparableConv2D",
+        "block1_layer2_filters": 12, "block1_layer3_type": "Conv2D", "block1_layer3_filters": 8,
+        "left_branch": True, "fc_fraction_left": 1.0, "total_fc_weights": 5000,
+        "merge_type": "Concatenate", "block1_channel_keep": 1.0}
+    _, _, model = _train(values, usps, epochs=1)
+    flatbuffer = tflite_model.convert_int8(model, usps.x_train)
+    ops = tflite_model.op_names(flatbuffer)
+    assert {"DEPTHWISE_CONV_2D", "CONCATENATION", "CONV_2D"} <= set(ops)
+    x = tflite_model.quantize_inputs(flatbuffer, usps.x_val[:200])
+    micro = tflite_model.tflm_run(flatbuffer, x)
+    reference = tflite_model.reference_run(flatbuffer, x)
+    np.testing.assert_array_equal(micro, reference)
+
+
+def test_corrupt_flatbuffer_is_rejected_with_file_name(tmp_path):
+    from pipeline.errors import UserError
+
+    bad = tmp_path / "model.tflite"
+    bad.write_bytes(b"\x00" * 64)
+    with pytest.raises(UserError, match="model.tflite is not a TFLite flatbuffer"):
+        tflite_model.read_tflite(bad)
