@@ -67,7 +67,8 @@ def test_tflm_matches_reference_kernels_for_branch_separable_downsampled(usps, b
     values = base_values | {
         "block1_num_layers": 3, "block1_layer1_type": "DownsampledConv2D",
         "block1_layer1_downsample_fraction": 0.25, "block1_layer2_type": "SeparableConv2D",
-        "block1_layer2_filters": 12, "block1_layer3_type": "Conv2D", "block1_layer3_filters": 8,
+        "block1_layer2_filters": 12, "block1_layer2_kernel": 3, "block1_layer3_type": "Conv2D",
+        "block1_layer3_filters": 8, "block1_layer3_kernel": 3,
         "left_branch": True, "fc_fraction_left": 1.0, "total_fc_weights": 5000,
         "merge_type": "Concatenate", "block1_channel_keep": 1.0}
     _, _, model = _train(values, usps, epochs=1)
