@@ -139,9 +139,9 @@ def _fc_units(draft: Architecture, values: Mapping[str, Any]) -> tuple[int, int,
     """Splits the FC weight budget into the widths of the main/left/right FC layers.
 
     Each active FC layer gets ``total * fraction / sum(active fractions)`` weights,
-    i.e. ``units = that / input features`` (at least 1). With a Sum merge every
-    merged vector must have one width: the smallest of the computed widths, or
-    the main path's flattened width when the main path has no FC layer.
+    i.e. ``units = that / input features`` (at least 1). With a Sum merge and a
+    main FC, every merged vector takes the smallest of the computed widths;
+    without a main FC, ``plan`` gives the branches the main path's width.
     """
     probe = dataclasses.replace(draft, left_fc_units=int(bool(values["left_branch"])),
                                 right_fc_units=int(bool(values["right_branch"])))
@@ -159,9 +159,10 @@ def _fc_units(draft: Architecture, values: Mapping[str, Any]) -> tuple[int, int,
     for path, fraction in active.items():
         share = fraction / weight if weight > 0 else 1.0 / len(active)
         units[path] = max(1, int(total * share / sizes[f"{path}_flatten"]))
-    if values["merge_type"] == "Sum" and (values["left_branch"] or values["right_branch"]):
-        width = min(units.values()) if "main" in units else sizes["main_flatten"]
+    if values["merge_type"] == "Sum" and "main" in units:
+        width = min(units.values())
         units = {path: width for path in units}
+    # Sum without a main FC: plan() sizes the branch FCs to the main path's features.
     return units.get("main", 0), units.get("left", 0), units.get("right", 0)
 
 

@@ -24,7 +24,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 import tf_keras
 
@@ -92,27 +91,26 @@ def _gate_costs(arch: Architecture, compression: Compression) -> dict[str, tuple
     for every architecture.
     """
     nodes = plan(arch)
+    by_name = {n.name: n for n in nodes}
     consumers = _consumers(nodes)
     gated = _prunable_convs(nodes, compression)
     raw: dict[str, float] = {}
     for name in gated:
-        node = next(n for n in nodes if n.name == name)
+        node = by_name[name]
         channels = node.shape[-1]
         cost = node.kernel_weights / channels + node.bias / channels + node.size / channels
         for consumer in consumers.get(name, []):
-            cost += _weights_per_input_channel(consumer, channels, nodes, consumers)
+            cost += _weights_per_input_channel(consumer, channels, consumers)
         raw[name] = cost
     mean = float(np.mean(list(raw.values()))) or 1.0
-    return {name: ([raw[name] / mean] * next(n for n in nodes if n.name == name).shape[-1], GATE_STRENGTH)
-            for name in gated}
+    return {name: ([raw[name] / mean] * by_name[name].shape[-1], GATE_STRENGTH) for name in gated}
 
 
-def _weights_per_input_channel(node: Node, channels: int, nodes: list[Node],
-                               consumers: dict[str, list[Node]]) -> float:
+def _weights_per_input_channel(node: Node, channels: int, consumers: dict[str, list[Node]]) -> float:
     """Weights a consumer holds per channel of its input (following pools/flattens)."""
     if node.op in ("conv", "depthwise", "dense"):
         return node.kernel_weights / channels
-    return sum(_weights_per_input_channel(c, channels, nodes, consumers) for c in consumers.get(node.name, []))
+    return sum(_weights_per_input_channel(c, channels, consumers) for c in consumers.get(node.name, []))
 
 
 def _consumers(nodes: list[Node]) -> dict[str, list[Node]]:
@@ -132,7 +130,9 @@ def _prunable_convs(nodes: list[Node], compression: Compression) -> list[str]:
 def prune_channels(model: tf_keras.Model, arch: Architecture, compression: Compression) -> tf_keras.Model:
     """Removes the least important channels and returns the narrower model with copied weights."""
     nodes = plan(arch)
+    by_name = {n.name: n for n in nodes}
     narrow_arch = arch.with_channel_keep(compression.block_channel_keep)
+    narrow_channels = {n.name: n.shape[-1] for n in plan(narrow_arch)}
     narrow = build_model(narrow_arch)
     gated = set(_prunable_convs(nodes, compression))
     keep: dict[str, np.ndarray] = {}
@@ -140,7 +140,7 @@ def prune_channels(model: tf_keras.Model, arch: Architecture, compression: Compr
         if node.op == "input":
             keep[node.name] = np.arange(node.shape[-1])
         elif node.name in gated:
-            n_keep = next(n for n in plan(narrow_arch) if n.name == node.name).shape[-1]
+            n_keep = narrow_channels[node.name]
             gate = model.get_layer(f"{node.name}_gate").get_weights()[0]
             _fold_gate(model, node, gate)
             kernel = model.get_layer(node.name).get_weights()[0]
@@ -152,11 +152,11 @@ def prune_channels(model: tf_keras.Model, arch: Architecture, compression: Compr
         elif node.op in ("conv", "dense"):
             keep[node.name] = np.arange(node.shape[-1])
         elif node.op == "flatten":
-            src = next(n for n in nodes if n.name == node.inputs[0])
+            src = by_name[node.inputs[0]]
             grid = np.arange(src.size).reshape(src.shape)
             keep[node.name] = grid[..., keep[node.inputs[0]]].reshape(-1)
         elif node.op == "concat":
-            offsets = np.cumsum([0] + [next(n for n in nodes if n.name == i).size for i in node.inputs])
+            offsets = np.cumsum([0] + [by_name[i].size for i in node.inputs])
             keep[node.name] = np.concatenate([keep[i] + o for i, o in zip(node.inputs, offsets)])
         else:  # channel-wise ops keep their input's channels
             keep[node.name] = keep[node.inputs[0]]
