@@ -14,7 +14,10 @@ DATA_DIR ?=
 
 DATA_FLAG := $(if $(DATA_DIR),--data-dir $(DATA_DIR))
 
-.PHONY: search test bench-search clean-venv
+RUN ?= $(OUT)
+TRIAL ?=
+
+.PHONY: search export test bench-search bench-compression clean-venv
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,11 +29,17 @@ search: $(VENV)/.installed
 	$(PY) -m pipeline search --dataset $(DATASET) --trials $(TRIALS) --epochs $(EPOCHS) \
 		--board $(BOARD) --optimizer $(OPTIMIZER) --seed $(SEED) --out $(OUT) $(DATA_FLAG)
 
+export: $(VENV)/.installed
+	$(PY) -m pipeline export $(RUN) $(if $(TRIAL),--trial $(TRIAL)) $(DATA_FLAG)
+
 test: $(VENV)/.installed
 	$(if $(DATA_DIR),SPARSE_DATA_DIR=$(DATA_DIR)) $(PY) -m pytest -q tests
 
 bench-search: $(VENV)/.installed
 	$(PY) scripts/bench_search.py $(DATA_FLAG)
+
+bench-compression: $(VENV)/.installed
+	$(PY) scripts/bench_compression.py $(RUN)
 
 clean-venv:
 	rm -rf $(VENV)

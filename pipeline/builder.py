@@ -111,3 +111,12 @@ class SparseHyperModel(keras_tuner.HyperModel):
         declare_space(hp)
         arch, _ = decode(hp.values, self.input_shape, self.num_classes)
         return build_model(arch)
+
+
+def load_float_model(path) -> tf_keras.Model:
+    """Loads a trial's saved float model, including quantisation-aware ones."""
+    import tensorflow_model_optimization as tfmot
+
+    with tfmot.quantization.keras.quantize_scope():
+        return tf_keras.models.load_model(path, compile=False, custom_objects={
+            "ChannelGate": ChannelGate, "ChannelMaxPool": ChannelMaxPool})

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
+import json
 import os
 import sys
 from pathlib import Path
@@ -34,6 +36,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--max-ram", type=int, default=None, help="working-memory budget in bytes")
     s.add_argument("--max-flash", type=int, default=None, help="model-size budget in bytes")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
+    e = sub.add_parser("export", help="write the .tflite, C array and model.json of Pareto models")
+    e.add_argument("run_dir", metavar="RUN_DIR", help="the --out directory of a search")
+    e.add_argument("--trial", default=None, help="export this trial only (default: every Pareto trial)")
+    e.add_argument("--data-dir", default=None, help="where the run's dataset is found (for test accuracy)")
     return parser
 
 
@@ -53,6 +59,7 @@ def _import_tensorflow_quietly() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Runs the CLI; returns the process exit code."""
     args = _parser().parse_args(argv)
+    faulthandler.enable()  # a crash inside TensorFlow or TFLite Micro names the Python line it came from
     _import_tensorflow_quietly()
     try:
         if args.command == "search":
@@ -61,6 +68,14 @@ def main(argv: list[str] | None = None) -> int:
             run_search(args.dataset, args.trials, args.epochs, args.board, args.optimizer, args.seed,
                        Path(args.out), data_dir=args.data_dir, max_ram=args.max_ram,
                        max_flash=args.max_flash, quiet=args.quiet)
+        elif args.command == "export":
+            from pipeline.export import export_run
+
+            for folder in export_run(Path(args.run_dir), args.trial, data_dir=args.data_dir):
+                info = json.loads((folder / "model.json").read_text())
+                print(f"{folder}: test accuracy {100 * info['test_accuracy']:.2f}% (int8, host TFLM), "
+                      f"MS {info['metrics']['model_size_bytes']:,} B, "
+                      f"WM {info['metrics']['working_memory_bytes']:,} B")
     except UserError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return exc.exit_code

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from pipeline.oracle import normalised_objectives
 from pipeline.training import TrainingSettings, kernel_sparsity, train_candidate
 
 MODEL_FILE = "model_int8.tflite"
-KERAS_FILE = "model_float.keras"
+KERAS_FILE = "model_float.h5"  # HDF5: the .keras format cannot reload QAT models
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,7 +115,9 @@ class SparseTuner(base_tuner.BaseTuner):
             float_accuracy = float(model.evaluate(data.x_val, data.y_val, verbose=0)[1])
             flatbuffer = tflite_model.convert_int8(model, data.x_train, seed=self.seed)
             (trial_dir / MODEL_FILE).write_bytes(flatbuffer)
-            model.save(trial_dir / KERAS_FILE)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*HDF5 file via `model.save")
+                model.save(trial_dir / KERAS_FILE, save_format="h5")
             arena = tflite_model.smallest_arena(flatbuffer)
             outputs = tflite_model.tflm_run(flatbuffer, tflite_model.quantize_inputs(flatbuffer, data.x_val),
                                             arena_bytes=arena)

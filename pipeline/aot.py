@@ -1,0 +1,308 @@
+"""The ahead-of-time engine: plain C generated from an int8 .tflite.
+
+`generate(data)` turns a model into two C files that, with
+tflm_project/engine/aot/aot_kernels.c, compute exactly what TFLite's int8
+reference kernels compute. Everything TFLite Micro does at run time in
+Prepare (requantisation multipliers, activation clamps, padding, softmax
+scaling) is done here in Python, with the same double-precision arithmetic
+and the same rounding, and written as constants.
+
+Memory plan: one static arena. The operator order is the one that minimises
+the peak of live tensors (`costs.best_schedule`, the same computation as the
+search's WM); each tensor gets an offset by greedy first fit over its
+lifetime, largest first, and reshapes share their input's bytes.
+
+Weights: each CONV_2D and FULLY_CONNECTED kernel is stored dense or, when
+smaller, as a per-row bitmap of nonzeros plus the nonzero values, so flash
+follows the nonzero weights of a pruned layer.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import costs, tflite_model
+from pipeline.errors import UserError
+from pipeline.tflite_graph import ACTIVATIONS, PADDING_SAME, Graph, Operator, Tensor, read_graph
+
+SUPPORTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "MAX_POOL_2D", "AVERAGE_POOL_2D",
+                 "ADD", "CONCATENATION", "RESHAPE", "SOFTMAX")
+
+
+@dataclasses.dataclass(frozen=True)
+class AotModel:
+    """Generated sources and the figures the firmware build and the benchmark report."""
+
+    source: str
+    header: str
+    arena_bytes: int
+    kernel_bytes: int       # int8 kernel values plus sparsity bitmaps, as stored
+    bias_bytes: int         # int32 biases, as stored
+    quant_param_bytes: int  # per-channel multipliers and shifts
+    nonzero_weight_bytes: int  # MS of the same model: nonzero kernel bytes + 4 * nonzero biases
+    working_memory_bytes: int
+
+    @property
+    def weight_bytes(self) -> int:
+        """Kernel and bias bytes in flash (what MS counts, as actually stored)."""
+        return self.kernel_bytes + self.bias_bytes
+
+
+def quantize_multiplier(real: float) -> tuple[int, int]:
+    """TFLite's QuantizeMultiplier: real = q * 2^(shift - 31), q in [2^30, 2^31)."""
+    if real == 0.0:
+        return 0, 0
+    fraction, shift = math.frexp(real)
+    q = _round_half_away(fraction * (1 << 31))
+    if q == 1 << 31:
+        q //= 2
+        shift += 1
+    if shift < -31:
+        return 0, 0
+    return int(q), int(shift)
+
+
+def _round_half_away(x: float) -> int:
+    return int(math.copysign(math.floor(abs(x) + 0.5), x))
+
+
+def _activation_range(activation: int, out: Tensor) -> tuple[int, int]:
+    """CalculateActivationRangeQuantized: the clamp of a fused activation (float32 maths)."""
+    kind = ACTIVATIONS.get(activation)
+    if kind is None:
+        raise UserError(f"fused activation {activation} is not supported by the AOT engine")
+
+    def quantize(value: float) -> int:
+        return out.zero_point + _round_half_away(float(np.float32(value) / np.float32(out.scale)))
+
+    lo, hi = {"none": (-128, 127), "relu": (quantize(0.0), 127), "relu6": (quantize(0.0), quantize(6.0)),
+              "relu_n1_to_1": (quantize(-1.0), quantize(1.0))}[kind]
+    return max(-128, lo), min(127, hi)
+
+
+def _padding(padding: int, stride: int, dilation: int, size_in: int, kernel: int, size_out: int) -> int:
+    if padding != PADDING_SAME:
+        return 0
+    effective = (kernel - 1) * dilation + 1
+    return max(0, ((size_out - 1) * stride + effective - size_in) // 2)
+
+
+def _c_array(ctype: str, name: str, values: np.ndarray | list[int]) -> str:
+    values = [int(v) for v in np.asarray(values).reshape(-1)] or [0]
+    rows = [", ".join(str(v) for v in values[i:i + 24]) for i in range(0, len(values), 24)]
+    return f"static const {ctype} {name}[{len(values)}] = {{\n  " + ",\n  ".join(rows) + "\n};\n"
+
+
+class _Emitter:
+    """Collects constant arrays, parameter structs and kernel calls."""
+
+    def __init__(self, graph: Graph, offsets: dict[int, int]):
+        self.graph, self.offsets = graph, offsets
+        self.arrays: list[str] = []
+        self.calls: list[str] = []
+        self.kernel_bytes = self.bias_bytes = self.quant_bytes = 0
+
+    def ptr(self, tensor: int) -> str:
+        return f"arena + {self.offsets[tensor]}"
+
+    def weights(self, name: str, kernel: np.ndarray) -> str:
+        """Stores a [rows][k] kernel dense or as bitmap + nonzeros; returns the aot_weights initialiser."""
+        rows = kernel.reshape(kernel.shape[0], -1)
+        k = rows.shape[1]
+        nonzero = rows != 0
+        sparse_bytes = rows.shape[0] * ((k + 7) // 8) + int(nonzero.sum())
+        if sparse_bytes < rows.size:
+            bitmap = np.packbits(nonzero, axis=1, bitorder="little")
+            self.arrays.append(_c_array("uint8_t", f"{name}_bitmap", bitmap))
+            self.arrays.append(_c_array("int8_t", f"{name}_values", rows[nonzero]))
+            self.kernel_bytes += sparse_bytes
+            return f"{{{name}_values, {name}_bitmap, {k}}}"
+        self.arrays.append(_c_array("int8_t", f"{name}_values", rows))
+        self.kernel_bytes += rows.size
+        return f"{{{name}_values, 0, {k}}}"
+
+    def requant(self, name: str, x: Tensor, w: Tensor, y: Tensor, bias: Tensor | None) -> None:
+        scales = w.scales if len(w.scales) > 1 else w.scales[:1]
+        pairs = [quantize_multiplier(float(x.scale) * float(s) / float(y.scale)) for s in scales]
+        self.arrays.append(_c_array("int32_t", f"{name}_multiplier", [p[0] for p in pairs]))
+        self.arrays.append(_c_array("int8_t", f"{name}_shift", [p[1] for p in pairs]))
+        self.quant_bytes += 5 * len(pairs)
+        if bias is not None and bias.data is not None:
+            self.arrays.append(_c_array("int32_t", f"{name}_bias", bias.data))
+            self.bias_bytes += 4 * bias.size
+
+
+def generate(data: bytes, label: str = "model") -> AotModel:
+    """Generates the C sources of the AOT engine for an int8 .tflite."""
+    graph = read_graph(data, label)
+    missing = sorted({op.name for op in graph.operators if op.name not in SUPPORTED_OPS})
+    if missing:
+        raise UserError(f"{label} uses {', '.join(missing)}, which the AOT engine lacks: it supports "
+                        f"{', '.join(SUPPORTED_OPS)}")
+    resources = tflite_model.resource_graph(data)
+    wm, order_names = costs.best_schedule(resources)
+    order = [int(name.split(":")[0]) for name in order_names]
+    offsets, arena = _plan_memory(graph, order)
+    emit = _Emitter(graph, offsets)
+    by_index = {op.index: op for op in graph.operators}
+    for index in order:
+        _emit_op(emit, by_index[index])
+    x, y = graph.tensors[graph.inputs[0]], graph.tensors[graph.outputs[0]]
+    header = (f"/* Generated by pipeline/aot.py from {label}; do not edit. */\n"
+              "#ifndef AOT_MODEL_H_\n#define AOT_MODEL_H_\n#include <stdint.h>\n"
+              f"#define AOT_ARENA_BYTES {arena}\n#define AOT_INPUT_OFFSET {offsets[x.index]}\n"
+              f"#define AOT_INPUT_BYTES {x.size}\n#define AOT_OUTPUT_OFFSET {offsets[y.index]}\n"
+              f"#define AOT_OUTPUT_BYTES {y.size}\n"
+              "void aot_model_invoke(int8_t* arena);\n#endif\n")
+    source = (f"/* Generated by pipeline/aot.py from {label}; do not edit. */\n"
+              '#include "aot_kernels.h"\n#include "aot_model.h"\n\n' + "".join(emit.arrays)
+              + "\nvoid aot_model_invoke(int8_t* arena) {\n" + "".join(emit.calls) + "}\n")
+    return AotModel(source, header, arena, emit.kernel_bytes, emit.bias_bytes, emit.quant_bytes,
+                    costs.model_size_bytes(resources), wm)
+
+
+def write_sources(model: AotModel, folder: Path) -> None:
+    """Writes aot_model.c and aot_model.h into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "aot_model.c").write_text(model.source)
+    (folder / "aot_model.h").write_text(model.header)
+
+
+def _plan_memory(graph: Graph, order: list[int]) -> tuple[dict[int, int], int]:
+    """Offsets of every activation tensor in one arena; returns (offsets, arena bytes)."""
+    ops = {op.index: op for op in graph.operators}
+    root = {}
+    for op in graph.operators:  # reshapes alias their input
+        if op.name == "RESHAPE":
+            root[op.outputs[0]] = op.inputs[0]
+
+    def find(t: int) -> int:
+        while t in root:
+            t = root[t]
+        return t
+
+    steps = list(order)
+    first: dict[int, int] = {find(t): -1 for t in graph.inputs}
+    last: dict[int, int] = {}
+    for step, index in enumerate(steps):
+        op = ops[index]
+        for t in op.inputs:
+            if t >= 0 and graph.tensors[t].data is None:
+                last[find(t)] = step
+        for t in op.outputs:
+            first.setdefault(find(t), step)
+    for t in graph.outputs:
+        last[find(t)] = len(steps)
+    buffers = sorted(first, key=lambda t: (-graph.tensors[t].size, first[t]))
+    placed: list[tuple[int, int, int, int]] = []  # (offset, end, first, last)
+    offsets: dict[int, int] = {}
+    for t in buffers:
+        size, start, stop = graph.tensors[t].size, first[t], last.get(t, first[t])
+        offset = 0
+        for o, e, f, l in sorted(placed):
+            if f <= stop and start <= l and offset < e and o < offset + size:
+                offset = e
+        placed.append((offset, offset + size, start, stop))
+        offsets[t] = offset
+    for t in list(root):
+        offsets[t] = offsets[find(t)]
+    arena = max((e for _, e, _, _ in placed), default=0)
+    return offsets, arena
+
+
+def _emit_op(emit: _Emitter, op: Operator) -> None:
+    t = emit.graph.tensors
+    name = f"op{op.index}"
+    o = op.options
+    if op.name in ("CONV_2D", "DEPTHWISE_CONV_2D"):
+        x, w, y = t[op.inputs[0]], t[op.inputs[1]], t[op.outputs[0]]
+        bias = t[op.inputs[2]] if len(op.inputs) > 2 and op.inputs[2] >= 0 else None
+        depthwise = op.name == "DEPTHWISE_CONV_2D"
+        kh, kw = (w.shape[1], w.shape[2])
+        _, ih, iw, ic = x.shape
+        _, oh, ow, oc = y.shape
+        lo, hi = _activation_range(o["fusedActivationFunction"], y)
+        emit.requant(name, x, w, y, bias)
+        if depthwise:
+            emit.arrays.append(_c_array("int8_t", f"{name}_values", w.data))
+            emit.kernel_bytes += w.size
+            weights = f"{{{name}_values, 0, {w.size}}}"
+        else:
+            weights = emit.weights(name, w.data)
+        dh, dw = o.get("dilationHFactor", 1), o.get("dilationWFactor", 1)
+        ph = _padding(o["padding"], o["strideH"], dh, ih, kh, oh)
+        pw = _padding(o["padding"], o["strideW"], dw, iw, kw, ow)
+        emit.arrays.append(
+            f"static const aot_conv_params {name} = {{{ih}, {iw}, {ic}, {oh}, {ow}, {oc}, {kh}, {kw}, "
+            f"{o['strideH']}, {o['strideW']}, {dh}, {dw}, {ph}, {pw}, {oc // ic if depthwise else 1}, "
+            f"{-x.zero_point}, {y.zero_point}, {lo}, {hi}, {name}_multiplier, {name}_shift, "
+            f"{name + '_bias' if bias is not None else '0'}, {weights}}};\n")
+        kernel = "aot_depthwise_conv2d" if depthwise else "aot_conv2d"
+        emit.calls.append(f"  {kernel}(&{name}, {emit.ptr(x.index)}, {emit.ptr(y.index)});\n")
+    elif op.name == "FULLY_CONNECTED":
+        x, w, y = t[op.inputs[0]], t[op.inputs[1]], t[op.outputs[0]]
+        bias = t[op.inputs[2]] if len(op.inputs) > 2 and op.inputs[2] >= 0 else None
+        lo, hi = _activation_range(o["fusedActivationFunction"], y)
+        emit.requant(name, x, w, y, bias)
+        weights = emit.weights(name, w.data)
+        emit.arrays.append(
+            f"static const aot_fc_params {name} = {{{w.shape[1]}, {w.shape[0]}, {-x.zero_point}, "
+            f"{y.zero_point}, {lo}, {hi}, {name}_multiplier, {name}_shift, {int(len(w.scales) > 1)}, "
+            f"{name + '_bias' if bias is not None else '0'}, {weights}}};\n")
+        emit.calls.append(f"  aot_fully_connected(&{name}, {emit.ptr(x.index)}, {emit.ptr(y.index)});\n")
+    elif op.name in ("MAX_POOL_2D", "AVERAGE_POOL_2D"):
+        x, y = t[op.inputs[0]], t[op.outputs[0]]
+        _, ih, iw, c = x.shape
+        _, oh, ow, _ = y.shape
+        lo, hi = _activation_range(o["fusedActivationFunction"], y)
+        ph = _padding(o["padding"], o["strideH"], 1, ih, o["filterHeight"], oh)
+        pw = _padding(o["padding"], o["strideW"], 1, iw, o["filterWidth"], ow)
+        emit.arrays.append(
+            f"static const aot_pool_params {name} = {{{ih}, {iw}, {c}, {oh}, {ow}, {o['filterHeight']}, "
+            f"{o['filterWidth']}, {o['strideH']}, {o['strideW']}, {ph}, {pw}, {lo}, {hi}}};\n")
+        kernel = "aot_max_pool" if op.name == "MAX_POOL_2D" else "aot_average_pool"
+        emit.calls.append(f"  {kernel}(&{name}, {emit.ptr(x.index)}, {emit.ptr(y.index)});\n")
+    elif op.name == "ADD":
+        a, b, y = t[op.inputs[0]], t[op.inputs[1]], t[op.outputs[0]]
+        if a.shape != b.shape:
+            raise UserError(f"ADD with broadcasting ({a.shape} + {b.shape}) is not supported by the AOT engine")
+        twice_max = 2 * max(float(a.scale), float(b.scale))
+        m1, s1 = quantize_multiplier(float(a.scale) / twice_max)
+        m2, s2 = quantize_multiplier(float(b.scale) / twice_max)
+        mo, so = quantize_multiplier(twice_max / ((1 << 20) * float(y.scale)))
+        lo, hi = _activation_range(o.get("fusedActivationFunction", 0), y)
+        emit.arrays.append(
+            f"static const aot_add_params {name} = {{{y.size}, {-a.zero_point}, {-b.zero_point}, "
+            f"{y.zero_point}, 20, {m1}, {m2}, {mo}, {s1}, {s2}, {so}, {lo}, {hi}}};\n")
+        emit.calls.append(f"  aot_add(&{name}, {emit.ptr(a.index)}, {emit.ptr(b.index)}, "
+                          f"{emit.ptr(y.index)});\n")
+    elif op.name == "CONCATENATION":
+        y = t[op.outputs[0]]
+        inputs = [t[i] for i in op.inputs]
+        if o.get("axis", -1) % len(y.shape) != len(y.shape) - 1:
+            raise UserError(f"CONCATENATION on axis {o.get('axis')} is not supported by the AOT engine "
+                            "(only the channel axis)")
+        for i in inputs:
+            if (i.scale, i.zero_point) != (y.scale, y.zero_point):
+                raise UserError("CONCATENATION of inputs with different quantisation is not supported "
+                                "by the AOT engine")
+        depths = [i.shape[-1] for i in inputs]
+        outer = y.size // y.shape[-1]
+        emit.arrays.append(_c_array("int32_t", f"{name}_depths", depths))
+        pointers = ", ".join(f"{emit.ptr(i.index)}" for i in inputs)
+        emit.calls.append(f"  {{ const int8_t* in[] = {{{pointers}}}; aot_concat_last_axis({outer}, "
+                          f"{len(inputs)}, in, {name}_depths, {emit.ptr(y.index)}); }}\n")
+    elif op.name == "SOFTMAX":
+        x, y = t[op.inputs[0]], t[op.outputs[0]]
+        if y.zero_point != -128 or float(y.scale) != 1.0 / 256:
+            raise UserError("SOFTMAX output must have zero point -128 and scale 1/256 (TFLite's int8 layout)")
+        real = min(float(np.float32(o.get("beta", 1.0))) * float(x.scale) * (1 << 26), (1 << 31) - 1.0)
+        multiplier, left_shift = quantize_multiplier(real)
+        diff_min = -math.floor(31.0 * (1 << 26) / (1 << left_shift))
+        depth = y.shape[-1]
+        emit.arrays.append(f"static const aot_softmax_params {name} = {{{y.size // depth}, {depth}, "
+                           f"{multiplier}, {left_shift}, {diff_min}}};\n")
+        emit.calls.append(f"  aot_softmax(&{name}, {emit.ptr(x.index)}, {emit.ptr(y.index)});\n")
