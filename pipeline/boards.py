@@ -22,6 +22,7 @@ class Board:
     ram_bytes: int
     flash_bytes: int
     clock_hz: int
+    timer_hz: int  # rate of the tick counter the firmware reports latency in
     qemu_machine: str | None
     flash_tool: str
     description: str
@@ -38,13 +39,14 @@ def load_boards(path: Path = BOARD_FACTS_PATH) -> dict[str, Board]:
     for line in path.read_text().splitlines():
         if not line.strip() or line.startswith("#"):
             continue
-        name, core, ram, flash, clock, qemu, tool, description = line.split("\t")
+        name, core, ram, flash, clock, timer, qemu, tool, description = line.split("\t")
         boards[name] = Board(
             name=name,
             core=core,
             ram_bytes=int(ram),
             flash_bytes=int(flash),
             clock_hz=int(clock),
+            timer_hz=int(timer),
             qemu_machine=None if qemu == "-" else qemu,
             flash_tool=tool,
             description=description,

@@ -40,6 +40,15 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("run_dir", metavar="RUN_DIR", help="the --out directory of a search")
     e.add_argument("--trial", default=None, help="export this trial only (default: every Pareto trial)")
     e.add_argument("--data-dir", default=None, help="where the run's dataset is found (for test accuracy)")
+    d = sub.add_parser("device", help="build the firmware, run it on a board or QEMU, write device.json")
+    d.add_argument("--model", default=None, help="an exported models/<trial>/model_int8.tflite "
+                   "(default: the best Pareto model of the latest search under runs/)")
+    d.add_argument("--board", default="qemu-stm32f4", help="a row of tflm_project/boards/board_facts.tsv")
+    d.add_argument("--engine", default="aot", help="aot (generated C); tflm is not built yet")
+    d.add_argument("--out", default=None, help="where device.json goes (default: the model's folder)")
+    d.add_argument("--port", default=None, help="serial port of a real board, e.g. /dev/ttyACM0")
+    d.add_argument("--samples", type=int, default=None, help="test inputs to send (default: all exported)")
+    d.add_argument("--data-dir", default=None, help="dataset location, if the default model must be exported")
     return parser
 
 
@@ -76,6 +85,18 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{folder}: test accuracy {100 * info['test_accuracy']:.2f}% (int8, host TFLM), "
                       f"MS {info['metrics']['model_size_bytes']:,} B, "
                       f"WM {info['metrics']['working_memory_bytes']:,} B")
+        elif args.command == "device":
+            from pipeline.device import latest_best_model, run_device
+
+            model = Path(args.model) if args.model else latest_best_model(Path("runs"), args.data_dir)
+            out = Path(args.out) if args.out else model.parent
+            result = run_device(model, args.board, args.engine, out, port=args.port, samples=args.samples)
+            latency = (f"{result['latency_instructions']:,} instructions" if "latency_instructions" in result
+                       else f"{result['latency_ms']} ms ({result['latency_cycles']:,} cycles)")
+            print(f"{out / 'device.json'}: {result['board']} {result['engine']}: accuracy "
+                  f"{100 * result['accuracy']:.2f}% on {result['samples']} inputs, outputs match host TFLM "
+                  f"{100 * result['outputs_match']:.1f}%, flash {result['flash_bytes']:,} B, RAM "
+                  f"{result['ram_bytes']:,} B (arena {result['arena_bytes']:,} B), latency {latency}")
     except UserError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return exc.exit_code

@@ -6,6 +6,7 @@ of a finished trial are read here from the bytes that the firmware embeds.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 import os
@@ -194,32 +195,80 @@ def reference_run(data: bytes, x_int8: np.ndarray) -> np.ndarray:
 def smallest_arena(data: bytes, upper: int | None = None) -> int:
     """The smallest arena (bytes, multiple of 16) in which host TFLM allocates and runs the model.
 
+    Read from TFLM's RecordingMicroAllocator after one run in a generous
+    arena, then checked by allocating and running in exactly that size; only
+    if that fails is the size searched (upwards, then by bisection). Every
+    allocation that may fail runs in a child process (`pipeline.tflm_probe`):
+    a failed allocation corrupts the tflite-micro wheel's state.
+
     Raises:
         RuntimeError: when TFLM cannot run the model at all (unsupported op,
             or no arena up to 64 MB is enough).
     """
-    def fits(size: int) -> bool:
-        try:
-            interp = tflm_interpreter(data, size)
-            with _silence_stdout():
-                interp.set_input(zeros, 0)
-                interp.invoke()
-            return True
-        except Exception:  # TFLM reports allocation failure as RuntimeError/ValueError
-            return False
+    import tempfile
 
-    zeros = np.zeros(quantization(data)["input_shape"], np.int8)
-    hi = upper or max(4096, len(data) * 4)
-    while not fits(hi):
-        hi *= 4
-        if hi > 64 << 20:
-            raise RuntimeError("TFLite Micro cannot allocate or run this model "
-                               "(an unsupported op, or over 64 MB of arena)")
-    lo = 0
-    while hi - lo > ARENA_ALIGNMENT:
-        mid = (lo + hi) // 2 // ARENA_ALIGNMENT * ARENA_ALIGNMENT
-        if fits(mid):
-            hi = mid
-        else:
-            lo = mid
-    return hi
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "model.tflite"
+        path.write_bytes(data)
+        fits = functools.partial(_probe, path)
+        hi = upper or max(1 << 20, len(data) * 4)
+        while not fits(hi):
+            hi *= 4
+            if hi > 64 << 20:
+                raise RuntimeError("TFLite Micro cannot allocate or run this model "
+                                   "(an unsupported op, or over 64 MB of arena)")
+        recorded = _recorded_arena_bytes(data, hi, np.zeros(quantization(data)["input_shape"], np.int8))
+        lo = 0
+        if recorded is not None:
+            step = -(-recorded // ARENA_ALIGNMENT) * ARENA_ALIGNMENT
+            candidate = step
+            while candidate < hi:
+                if fits(candidate):
+                    hi = candidate
+                    break
+                lo, candidate = candidate, candidate + step // 4 // ARENA_ALIGNMENT * ARENA_ALIGNMENT + ARENA_ALIGNMENT
+        while hi - lo > ARENA_ALIGNMENT:
+            mid = (lo + hi) // 2 // ARENA_ALIGNMENT * ARENA_ALIGNMENT
+            if fits(mid):
+                hi = mid
+            else:
+                lo = mid
+        return hi
+
+
+def _probe(path: Path, arena: int) -> bool:
+    """True when host TFLM allocates and runs the model in ``arena`` bytes (in a child process)."""
+    import subprocess
+
+    try:
+        return subprocess.run([sys.executable, "-m", "pipeline.tflm_probe", str(path), str(arena)],
+                              cwd=Path(__file__).resolve().parent.parent, timeout=120,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
+
+
+def _recorded_arena_bytes(data: bytes, arena: int, sample: np.ndarray) -> int | None:
+    """The arena total TFLM's RecordingMicroAllocator prints after one run (None if unreadable)."""
+    import re
+    import tempfile
+
+    interp = tflm_interpreter(data, arena)
+    with tempfile.TemporaryFile() as capture:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        saved = [os.dup(1), os.dup(2)]
+        try:
+            os.dup2(capture.fileno(), 1)
+            os.dup2(capture.fileno(), 2)
+            interp.set_input(sample, 0)
+            interp.invoke()
+            interp.print_allocations()
+        finally:
+            for fd, copy in zip((1, 2), saved):
+                os.dup2(copy, fd)
+                os.close(copy)
+        capture.seek(0)
+        text = capture.read().decode(errors="replace")
+    found = re.search(r"Arena allocation total (\d+) bytes", text)
+    return int(found.group(1)) if found else None

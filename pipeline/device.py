@@ -1,0 +1,203 @@
+"""Measure a model on a board: build, flash or emulate, talk over the serial port, write device.json.
+
+The firmware speaks one line per message (tflm_project/app/main.c):
+``READY ...`` at start, ``RESULT ticks=<n> out=<hex>`` per input sent as
+``I <hex>``, and ``STATS stack=<n> arena=<n>`` for ``S``. Every read has a
+timeout, so a silent or wrong port fails within a bounded time.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline import firmware, tflite_model
+from pipeline.boards import Board, get_board
+from pipeline.errors import UserError
+
+BAUD = 115200
+READY_TIMEOUT_S = 20.0
+REPLY_TIMEOUT_S = 60.0
+FLASH_TIMEOUT_S = 120
+RESULT = re.compile(r"^RESULT ticks=(\d+) out=([0-9a-f]*)$")
+STATS = re.compile(r"^STATS stack=(\d+) arena=(\d+)$")
+
+
+def run_device(model_path: Path, board_name: str, engine: str, out_dir: Path, port: str | None = None,
+               samples: int | None = None, reply_timeout: float = REPLY_TIMEOUT_S) -> dict[str, Any]:
+    """Builds, flashes or emulates, measures, and writes ``out_dir/device.json``; returns its content."""
+    board = get_board(board_name)
+    data = tflite_model.read_tflite(model_path)
+    inputs, labels = _test_samples(model_path, samples)
+    build = firmware.build(data, board, engine, out_dir / f"firmware-{board.name}-{engine}", str(model_path))
+    with _connect(board, build, port) as link:
+        _wait_ready(link, board)
+        ticks, outputs = [], []
+        for n, x in enumerate(inputs):
+            link.write(b"I " + x.tobytes().hex().encode() + b"\n")
+            found = RESULT.match(_read_line(link, reply_timeout, f"a result for input {n + 1} of {len(inputs)}"))
+            if found is None:
+                raise UserError(f"{board.name} did not return a result for input {n + 1}: check that the "
+                                "firmware matches this model")
+            ticks.append(int(found.group(1)))
+            outputs.append(np.frombuffer(bytes.fromhex(found.group(2)), np.int8))
+        link.write(b"S\n")
+        stats = STATS.match(_read_line(link, reply_timeout, "the memory statistics"))
+        if stats is None:
+            raise UserError(f"{board.name} sent no STATS line")
+    outputs = np.stack(outputs)
+    host = tflite_model.tflm_run(data, inputs)
+    stack = int(stats.group(1))
+    mean_ticks = float(np.mean(ticks))
+    result: dict[str, Any] = {
+        "board": board.name, "engine": engine, "model": str(model_path),
+        "flash_bytes": build.flash_bytes, "ram_bytes": build.data_bytes + build.bss_bytes + stack,
+        "arena_bytes": int(stats.group(2)),
+    }
+    if board.emulated:
+        result["latency_instructions"] = round(mean_ticks * 1e9 / board.timer_hz)
+    else:
+        result["latency_cycles"] = round(mean_ticks * board.clock_hz / board.timer_hz)
+        result["latency_ms"] = round(1000 * mean_ticks / board.timer_hz, 3)
+    result.update({
+        "accuracy": round(float(np.mean(outputs.argmax(axis=1) == labels)), 6),
+        "outputs_match": round(float(np.mean(np.all(outputs == host, axis=1))), 6),
+        "samples": int(len(inputs)),
+        "stack_bytes": stack, "static_ram_bytes": build.data_bytes + build.bss_bytes,
+        "weight_bytes": build.model.weight_bytes, "nonzero_weight_bytes": build.model.nonzero_weight_bytes,
+        "working_memory_bytes": build.model.working_memory_bytes,
+        "latency_unit": "instructions (QEMU -icount shift=0, not cycles)" if board.emulated else "cycles",
+    })
+    out_dir.mkdir(parents=True, exist_ok=True)
+    partial = out_dir / "device.json.partial"
+    partial.write_text(json.dumps(result, indent=2) + "\n")
+    partial.replace(out_dir / "device.json")
+    return result
+
+
+def _test_samples(model_path: Path, samples: int | None) -> tuple[np.ndarray, np.ndarray]:
+    path = model_path.parent / "test_samples.npz"
+    if not path.is_file():
+        raise UserError(f"no test_samples.npz next to {model_path}: export the model first "
+                        "(make export RUN=<search dir>) and pass models/<trial>/model_int8.tflite")
+    with np.load(path) as f:
+        x, y = f["x_int8"], f["y"]
+    if samples is not None:
+        if samples < 1:
+            raise UserError(f"--samples {samples}: expected a positive number of test inputs")
+        x, y = x[:samples], y[:samples]
+    return x, y
+
+
+@contextlib.contextmanager
+def _connect(board: Board, build: firmware.Firmware, port: str | None) -> Iterator[Any]:
+    """A pyserial link to the running firmware: QEMU's TCP serial, or the board's port after flashing."""
+    import serial
+
+    if board.emulated:
+        tcp = firmware.free_tcp_port()
+        log = open(build.elf.parent / "qemu.log", "w")
+        qemu = subprocess.Popen(firmware.qemu_command(board, build.elf, tcp), stdout=log, stderr=log)
+        try:
+            link = _open_socket(f"socket://127.0.0.1:{tcp}", qemu)
+            with link:
+                yield link
+        finally:
+            qemu.kill()
+            qemu.wait(timeout=10)
+            log.close()
+        return
+    if port is None:
+        raise UserError(f"no serial port given for {board.name}: pass PORT=/dev/ttyACM0 (make) or --port "
+                        "(the board's USB serial device; ls /dev/ttyACM* /dev/ttyUSB*)")
+    try:
+        link = serial.Serial(port, BAUD, timeout=1.0)
+    except (serial.SerialException, OSError) as exc:
+        raise UserError(f"cannot open serial port {port!r} ({exc}): is the board attached, and is this "
+                        "its port? (ls /dev/ttyACM* /dev/ttyUSB*)") from None
+    with link:
+        _flash(board, build)
+        yield link
+
+
+def _open_socket(url: str, qemu: subprocess.Popen) -> Any:
+    import serial
+
+    deadline = time.monotonic() + 15
+    while True:
+        if qemu.poll() is not None:
+            raise UserError(f"QEMU exited with code {qemu.returncode} before the firmware started "
+                            "(see qemu.log in the firmware build folder)")
+        try:
+            return serial.serial_for_url(url, timeout=1.0)
+        except (serial.SerialException, OSError):
+            if time.monotonic() > deadline:
+                raise UserError("QEMU did not open its serial socket within 15 s") from None
+            time.sleep(0.1)
+
+
+def _flash(board: Board, build: firmware.Firmware) -> None:
+    command = ["make", "-C", str(firmware.PROJECT_DIR), "flash", f"BOARD={board.name}", "ENGINE=aot",
+               f"BUILD={build.elf.parent}", f"GEN_DIR={build.elf.parent / 'gen'}"]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=FLASH_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise UserError(f"flashing {board.name} took over {FLASH_TIMEOUT_S} s: is the board attached?") from None
+    if result.returncode != 0:
+        last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        raise UserError(f"flashing {board.name} with {board.flash_tool} failed: {last} "
+                        "(is the board attached and the tool installed?)")
+
+
+def _wait_ready(link: Any, board: Board) -> None:
+    """Waits for READY; if it went out before the port was opened, asks for STATS instead."""
+    try:
+        line = _read_line(link, READY_TIMEOUT_S / 2, "the firmware's READY line")
+    except UserError:
+        link.write(b"\nS\n")
+        line = _read_line(link, READY_TIMEOUT_S / 2, "the firmware's READY line")
+    if not (line.startswith("READY") or line.startswith("STATS")):
+        raise UserError(f"{board.name} sent {line[:60]!r} instead of READY: is this the right port?")
+
+
+def _read_line(link: Any, timeout: float, what: str) -> str:
+    """One non-empty line from the firmware; UserError when none arrives within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    buffer = b""
+    while time.monotonic() < deadline:
+        buffer += link.readline()
+        if buffer.endswith(b"\n"):
+            text = buffer.decode(errors="replace").strip()
+            if text.startswith("ERROR"):
+                raise UserError(f"the firmware reported: {text}")
+            if text:
+                return text
+            buffer = b""
+    raise UserError(f"no reply from the board within {timeout:.0f} s while waiting for {what}: "
+                    "it stopped answering, or this is the wrong port")
+
+
+def latest_best_model(runs_dir: Path, data_dir: str | None = None) -> Path:
+    """The best Pareto model of the most recent search under ``runs_dir``, exported if needed."""
+    from pipeline.export import export_run, load_run
+    from pipeline.results import best_trial
+
+    summaries = sorted(runs_dir.glob("*/pareto.json"), key=lambda p: p.stat().st_mtime)
+    if not summaries:
+        raise UserError(f"no finished search under {runs_dir}/: run make search first, or pass MODEL=")
+    run_dir = summaries[-1].parent
+    _, rows = load_run(run_dir)
+    best = best_trial(rows)
+    if best is None:
+        raise UserError(f"the latest search {run_dir} has no Pareto model: pass MODEL=")
+    model = run_dir / "models" / str(best["trial_id"]) / "model_int8.tflite"
+    if not model.is_file():
+        export_run(run_dir, str(best["trial_id"]), data_dir=data_dir)
+    return model

@@ -1,0 +1,18 @@
+/* What the application needs from a board: a UART, a tick counter, the stack bounds. */
+#ifndef BOARD_H_
+#define BOARD_H_
+
+#include <stdint.h>
+
+void board_init(void);
+void board_uart_write(const char* data, int length);
+/* Blocks until one byte arrives. */
+uint8_t board_uart_read(void);
+/* Free-running tick counter (rate: timer_hz of board_facts.tsv). */
+uint32_t board_ticks(void);
+
+/* Linker-script symbols: the stack region [_stack_limit, _stack_top). */
+extern uint32_t _stack_limit;
+extern uint32_t _stack_top;
+
+#endif /* BOARD_H_ */

@@ -1,0 +1,17 @@
+/* The inference engine behind the application: ENGINE=aot (generated C) or,
+ * later, ENGINE=tflm (TensorFlow Lite Micro). */
+#ifndef ENGINE_H_
+#define ENGINE_H_
+
+#include <stdint.h>
+
+int engine_init(void);              /* 0 on success */
+int8_t* engine_input(void);
+const int8_t* engine_output(void);
+int engine_input_bytes(void);
+int engine_output_bytes(void);
+int engine_arena_bytes(void);
+int engine_invoke(void);            /* 0 on success */
+const char* engine_name(void);
+
+#endif /* ENGINE_H_ */
