@@ -16,8 +16,16 @@ DATA_FLAG := $(if $(DATA_DIR),--data-dir $(DATA_DIR))
 
 RUN ?= $(OUT)
 TRIAL ?=
+MODEL ?=
+ENGINE ?= aot
+PORT ?=
+SAMPLES ?=
+# make bench/flash write device.json to OUT only when OUT is given, else next to the model.
+DEVICE_FLAGS = --board $(BOARD) --engine $(ENGINE) $(if $(MODEL),--model $(MODEL)) \
+	$(if $(filter command line environment,$(origin OUT)),--out $(OUT)) $(if $(PORT),--port $(PORT)) \
+	$(if $(SAMPLES),--samples $(SAMPLES)) $(DATA_FLAG)
 
-.PHONY: search export test bench-search bench-compression clean-venv
+.PHONY: search export bench flash test bench-search bench-compression bench-aot clean-venv
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +40,12 @@ search: $(VENV)/.installed
 export: $(VENV)/.installed
 	$(PY) -m pipeline export $(RUN) $(if $(TRIAL),--trial $(TRIAL)) $(DATA_FLAG)
 
+bench: $(VENV)/.installed
+	$(PY) -m pipeline device $(DEVICE_FLAGS)
+
+flash: $(VENV)/.installed
+	$(PY) -m pipeline device $(DEVICE_FLAGS)
+
 test: $(VENV)/.installed
 	$(if $(DATA_DIR),SPARSE_DATA_DIR=$(DATA_DIR)) $(PY) -m pytest -q tests
 
@@ -40,6 +54,9 @@ bench-search: $(VENV)/.installed
 
 bench-compression: $(VENV)/.installed
 	$(PY) scripts/bench_compression.py $(RUN)
+
+bench-aot: $(VENV)/.installed
+	$(PY) scripts/bench_aot.py $(RUN) --board $(BOARD)
 
 clean-venv:
 	rm -rf $(VENV)

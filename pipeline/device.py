@@ -34,6 +34,8 @@ def run_device(model_path: Path, board_name: str, engine: str, out_dir: Path, po
                samples: int | None = None, reply_timeout: float = REPLY_TIMEOUT_S) -> dict[str, Any]:
     """Builds, flashes or emulates, measures, and writes ``out_dir/device.json``; returns its content."""
     board = get_board(board_name)
+    if engine not in firmware.ENGINES:
+        raise UserError(f"unknown engine {engine!r}: expected one of {', '.join(firmware.ENGINES)}")
     data = tflite_model.read_tflite(model_path)
     inputs, labels = _test_samples(model_path, samples)
     build = firmware.build(data, board, engine, out_dir / f"firmware-{board.name}-{engine}", str(model_path))
