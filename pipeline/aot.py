@@ -29,7 +29,7 @@ from pipeline.errors import UserError
 from pipeline.tflite_graph import ACTIVATIONS, PADDING_SAME, Graph, Operator, Tensor, read_graph
 
 SUPPORTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "MAX_POOL_2D", "AVERAGE_POOL_2D",
-                 "ADD", "CONCATENATION", "RESHAPE", "SOFTMAX")
+                 "ADD", "CONCATENATION", "RESHAPE", "SOFTMAX", "QUANTIZE")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,15 +124,18 @@ class _Emitter:
         self.kernel_bytes += rows.size
         return f"{{{name}_values, 0, {k}}}"
 
-    def requant(self, name: str, x: Tensor, w: Tensor, y: Tensor, bias: Tensor | None) -> None:
+    def requant(self, name: str, x: Tensor, w: Tensor, y: Tensor, bias: Tensor | None) -> str:
+        """Stores multipliers, shifts and (unless all zero) biases; returns the bias initialiser."""
         scales = w.scales if len(w.scales) > 1 else w.scales[:1]
         pairs = [quantize_multiplier(float(x.scale) * float(s) / float(y.scale)) for s in scales]
         self.arrays.append(_c_array("int32_t", f"{name}_multiplier", [p[0] for p in pairs]))
         self.arrays.append(_c_array("int8_t", f"{name}_shift", [p[1] for p in pairs]))
         self.quant_bytes += 5 * len(pairs)
-        if bias is not None and bias.data is not None:
-            self.arrays.append(_c_array("int32_t", f"{name}_bias", bias.data))
-            self.bias_bytes += 4 * bias.size
+        if bias is None or bias.data is None or not np.any(bias.data):
+            return "0"  # TFLite adds all-zero biases to bias-free layers; the kernels accept none
+        self.arrays.append(_c_array("int32_t", f"{name}_bias", bias.data))
+        self.bias_bytes += 4 * bias.size
+        return f"{name}_bias"
 
 
 def generate(data: bytes, label: str = "model") -> AotModel:
@@ -225,7 +228,7 @@ def _emit_op(emit: _Emitter, op: Operator) -> None:
         _, ih, iw, ic = x.shape
         _, oh, ow, oc = y.shape
         lo, hi = _activation_range(o["fusedActivationFunction"], y)
-        emit.requant(name, x, w, y, bias)
+        bias_ref = emit.requant(name, x, w, y, bias)
         if depthwise:
             emit.arrays.append(_c_array("int8_t", f"{name}_values", w.data))
             emit.kernel_bytes += w.size
@@ -239,19 +242,19 @@ def _emit_op(emit: _Emitter, op: Operator) -> None:
             f"static const aot_conv_params {name} = {{{ih}, {iw}, {ic}, {oh}, {ow}, {oc}, {kh}, {kw}, "
             f"{o['strideH']}, {o['strideW']}, {dh}, {dw}, {ph}, {pw}, {oc // ic if depthwise else 1}, "
             f"{-x.zero_point}, {y.zero_point}, {lo}, {hi}, {name}_multiplier, {name}_shift, "
-            f"{name + '_bias' if bias is not None else '0'}, {weights}}};\n")
+            f"{bias_ref}, {weights}}};\n")
         kernel = "aot_depthwise_conv2d" if depthwise else "aot_conv2d"
         emit.calls.append(f"  {kernel}(&{name}, {emit.ptr(x.index)}, {emit.ptr(y.index)});\n")
     elif op.name == "FULLY_CONNECTED":
         x, w, y = t[op.inputs[0]], t[op.inputs[1]], t[op.outputs[0]]
         bias = t[op.inputs[2]] if len(op.inputs) > 2 and op.inputs[2] >= 0 else None
         lo, hi = _activation_range(o["fusedActivationFunction"], y)
-        emit.requant(name, x, w, y, bias)
+        bias_ref = emit.requant(name, x, w, y, bias)
         weights = emit.weights(name, w.data)
         emit.arrays.append(
             f"static const aot_fc_params {name} = {{{w.shape[1]}, {w.shape[0]}, {-x.zero_point}, "
             f"{y.zero_point}, {lo}, {hi}, {name}_multiplier, {name}_shift, {int(len(w.scales) > 1)}, "
-            f"{name + '_bias' if bias is not None else '0'}, {weights}}};\n")
+            f"{bias_ref}, {weights}}};\n")
         emit.calls.append(f"  aot_fully_connected(&{name}, {emit.ptr(x.index)}, {emit.ptr(y.index)});\n")
     elif op.name in ("MAX_POOL_2D", "AVERAGE_POOL_2D"):
         x, y = t[op.inputs[0]], t[op.outputs[0]]
@@ -295,6 +298,13 @@ def _emit_op(emit: _Emitter, op: Operator) -> None:
         pointers = ", ".join(f"{emit.ptr(i.index)}" for i in inputs)
         emit.calls.append(f"  {{ const int8_t* in[] = {{{pointers}}}; aot_concat_last_axis({outer}, "
                           f"{len(inputs)}, in, {name}_depths, {emit.ptr(y.index)}); }}\n")
+    elif op.name == "QUANTIZE":
+        x, y = t[op.inputs[0]], t[op.outputs[0]]
+        if x.dtype != np.int8 or y.dtype != np.int8:
+            raise UserError("QUANTIZE from or to a type other than int8 is not supported by the AOT engine")
+        multiplier, shift = quantize_multiplier(float(x.scale) / float(y.scale))
+        emit.calls.append(f"  aot_requantize({y.size}, {x.zero_point}, {y.zero_point}, {multiplier}, {shift}, "
+                          f"{emit.ptr(x.index)}, {emit.ptr(y.index)});\n")
     elif op.name == "SOFTMAX":
         x, y = t[op.inputs[0]], t[op.outputs[0]]
         if y.zero_point != -128 or float(y.scale) != 1.0 / 256:

@@ -217,6 +217,14 @@ void aot_concat_last_axis(int32_t outer, int32_t count, const int8_t* const* inp
   }
 }
 
+void aot_requantize(int32_t size, int32_t input_zero_point, int32_t output_zero_point,
+                    int32_t multiplier, int shift, const int8_t* input, int8_t* output) {
+  for (int32_t i = 0; i < size; ++i) {
+    const int32_t v = aot_multiply_by_quantized_multiplier(input[i] - input_zero_point, multiplier, shift);
+    output[i] = clamp_to_int8(v + output_zero_point, -128, 127);
+  }
+}
+
 void aot_copy(const int8_t* input, int8_t* output, int32_t size) {
   if (input != output) memmove(output, input, (size_t)size);
 }

@@ -78,6 +78,9 @@ void aot_add(const aot_add_params* p, const int8_t* input1, const int8_t* input2
 void aot_concat_last_axis(int32_t outer, int32_t count, const int8_t* const* inputs,
                           const int32_t* depths, int8_t* output);
 void aot_softmax(const aot_softmax_params* p, const int8_t* input, int8_t* output);
+/* QUANTIZE int8 -> int8: rescales to the output's scale and zero point. */
+void aot_requantize(int32_t size, int32_t input_zero_point, int32_t output_zero_point,
+                    int32_t multiplier, int shift, const int8_t* input, int8_t* output);
 void aot_copy(const int8_t* input, int8_t* output, int32_t size);
 
 #ifdef __cplusplus
