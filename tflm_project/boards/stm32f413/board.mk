@@ -1,6 +1,6 @@
 # NUCLEO-F413ZH: STM32F413ZH, Cortex-M4. Flashed with openocd over the ST-LINK.
 BOARD_DIR := boards/stm32f413
-BOARD_SRCS := $(BOARD_DIR)/startup.c $(BOARD_DIR)/board.c
+BOARD_SRCS := boards/cortex_m_reset.c $(BOARD_DIR)/startup.c $(BOARD_DIR)/board.c
 BOARD_LINKER := boards/cortex_m.ld.in
 BOARD_CFLAGS :=
 FLASH_ORIGIN := 0x08000000

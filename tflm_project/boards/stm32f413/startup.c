@@ -1,23 +1,10 @@
-/* Cortex-M startup for the STM32F4 boards: vector table, .data/.bss set-up, main. */
+/* STM32F4 vector table (reset code: boards/cortex_m_reset.c). */
 #include <stdint.h>
 
-extern uint32_t _sidata, _sdata, _edata, _sbss, _ebss, _stack_top;
-int main(void);
+extern uint32_t _stack_top;
+void Reset_Handler(void);
+void Default_Handler(void);
 void SysTick_Handler(void);
-
-void Reset_Handler(void) {
-  uint32_t* src = &_sidata;
-  for (uint32_t* dst = &_sdata; dst < &_edata;) *dst++ = *src++;
-  for (uint32_t* dst = &_sbss; dst < &_ebss;) *dst++ = 0;
-  main();
-  for (;;) {
-  }
-}
-
-static void Default_Handler(void) {
-  for (;;) {
-  }
-}
 
 __attribute__((section(".isr_vector"), used)) static const void* const vectors[16] = {
     &_stack_top,     Reset_Handler,   Default_Handler, Default_Handler,

@@ -47,14 +47,12 @@ static int8_t clamp_to_int8(int32_t value, int32_t lo, int32_t hi) {
 
 /* Walks rows of dense or bitmap-sparse weights in output-channel order. */
 typedef struct {
-  const aot_weights* w;
   const int8_t* values;
   const uint8_t* bits;
   int32_t row_bytes;
 } row_cursor;
 
 static void cursor_start(row_cursor* c, const aot_weights* w) {
-  c->w = w;
   c->values = w->values;
   c->bits = w->bitmap;
   c->row_bytes = (w->row_len + 7) / 8;
