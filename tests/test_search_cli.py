@@ -125,7 +125,8 @@ def test_search_resumes_after_kill_without_losing_or_repeating_trials(tmp_path):
     assert result.returncode == 0, result.stderr
     rows = _rows(out)
     assert [r["trial_id"] for r in rows] == ["0", "1", "2"]
-    assert rows[0] == first[0]
+    # the finished trial is kept as it was; only its pareto flag may change, since it depends on later trials
+    assert {k: v for k, v in rows[0].items() if k != "pareto"} == {k: v for k, v in first[0].items() if k != "pareto"}
 
 
 def test_output_dir_of_a_different_search_is_refused_intact(tmp_path):
