@@ -13,8 +13,9 @@ search's WM); each tensor gets an offset by greedy first fit over its
 lifetime, largest first, and reshapes share their input's bytes.
 
 Weights: each CONV_2D and FULLY_CONNECTED kernel is stored dense or, when
-smaller, as a per-row bitmap of nonzeros plus the nonzero values, so flash
-follows the nonzero weights of a pruned layer.
+smaller, as a per-row bitmap over blocks of 1 to 16 weights plus the values
+of the blocks holding a nonzero, so flash follows the nonzero weights of a
+pruned layer.
 """
 from __future__ import annotations
 
@@ -28,8 +29,10 @@ from pipeline import costs, tflite_model
 from pipeline.errors import UserError
 from pipeline.tflite_graph import ACTIVATIONS, PADDING_SAME, Graph, Operator, Tensor, read_graph
 
+_MAX_BLOCK_SHIFT = 4  # bitmap blocks of up to 16 weights, costs.PRUNING_BLOCK
+
 SUPPORTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "MAX_POOL_2D", "AVERAGE_POOL_2D",
-                 "ADD", "CONCATENATION", "RESHAPE", "SOFTMAX", "QUANTIZE")
+                 "ADD", "CONCATENATION", "RESHAPE", "MEAN", "SOFTMAX", "QUANTIZE")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,20 +112,30 @@ class _Emitter:
         return f"arena + {self.offsets[tensor]}"
 
     def weights(self, name: str, kernel: np.ndarray) -> str:
-        """Stores a [rows][k] kernel dense or as bitmap + nonzeros; returns the aot_weights initialiser."""
+        """Stores a [rows][k] kernel in its smallest format; returns the aot_weights initialiser.
+
+        Dense, or a block bitmap: each row cut into blocks of 2^shift weights,
+        one bit per block, and the values of the blocks holding a nonzero.
+        Shift 0 suits unstructured sparsity, shift 4 the 16-weight blocks the
+        search prunes (pipeline.block_pruning).
+        """
         rows = kernel.reshape(kernel.shape[0], -1)
+        best = (rows.size, None, None)
+        for shift in range(_MAX_BLOCK_SHIFT + 1):
+            stored, bitmap = _block_bitmap(rows, shift)
+            size = bitmap.size + int(stored.sum())
+            if size < best[0]:
+                best = (size, shift, (stored, bitmap))
+        size, shift, sparse = best
+        self.kernel_bytes += size
         k = rows.shape[1]
-        nonzero = rows != 0
-        sparse_bytes = rows.shape[0] * ((k + 7) // 8) + int(nonzero.sum())
-        if sparse_bytes < rows.size:
-            bitmap = np.packbits(nonzero, axis=1, bitorder="little")
-            self.arrays.append(_c_array("uint8_t", f"{name}_bitmap", bitmap))
-            self.arrays.append(_c_array("int8_t", f"{name}_values", rows[nonzero]))
-            self.kernel_bytes += sparse_bytes
-            return f"{{{name}_values, {name}_bitmap, {k}}}"
-        self.arrays.append(_c_array("int8_t", f"{name}_values", rows))
-        self.kernel_bytes += rows.size
-        return f"{{{name}_values, 0, {k}}}"
+        if sparse is None:
+            self.arrays.append(_c_array("int8_t", f"{name}_values", rows))
+            return f"{{{name}_values, 0, {k}, 0}}"
+        stored, bitmap = sparse
+        self.arrays.append(_c_array("uint8_t", f"{name}_bitmap", bitmap))
+        self.arrays.append(_c_array("int8_t", f"{name}_values", rows[stored]))
+        return f"{{{name}_values, {name}_bitmap, {k}, {shift}}}"
 
     def requant(self, name: str, x: Tensor, w: Tensor, y: Tensor, bias: Tensor | None) -> str:
         """Stores multipliers, shifts and (unless all zero) biases; returns the bias initialiser."""
@@ -305,6 +318,12 @@ def _emit_op(emit: _Emitter, op: Operator) -> None:
         multiplier, shift = quantize_multiplier(float(x.scale) / float(y.scale))
         emit.calls.append(f"  aot_requantize({y.size}, {x.zero_point}, {y.zero_point}, {multiplier}, {shift}, "
                           f"{emit.ptr(x.index)}, {emit.ptr(y.index)});\n")
+    elif op.name == "MEAN":
+        x, y = t[op.inputs[0]], t[op.outputs[0]]
+        outer, count, inner = _mean_layout(x, t[op.inputs[1]])
+        multiplier, shift = _mean_multiplier(float(x.scale) / float(y.scale), count)
+        emit.calls.append(f"  aot_mean({outer}, {count}, {inner}, {x.zero_point}, {y.zero_point}, "
+                          f"{multiplier}, {shift}, {emit.ptr(x.index)}, {emit.ptr(y.index)});\n")
     elif op.name == "SOFTMAX":
         x, y = t[op.inputs[0]], t[op.outputs[0]]
         if y.zero_point != -128 or float(y.scale) != 1.0 / 256:
@@ -316,3 +335,34 @@ def _emit_op(emit: _Emitter, op: Operator) -> None:
         emit.arrays.append(f"static const aot_softmax_params {name} = {{{y.size // depth}, {depth}, "
                            f"{multiplier}, {left_shift}, {diff_min}}};\n")
         emit.calls.append(f"  aot_softmax(&{name}, {emit.ptr(x.index)}, {emit.ptr(y.index)});\n")
+
+
+def _block_bitmap(rows: np.ndarray, shift: int) -> tuple[np.ndarray, np.ndarray]:
+    """(which weights are stored, the packed per-row bitmap) for blocks of 2^shift weights."""
+    out, k = rows.shape
+    block = 1 << shift
+    blocks = -(-k // block)
+    padded = np.zeros((out, blocks * block), dtype=bool)
+    padded[:, :k] = rows != 0
+    kept = padded.reshape(out, blocks, block).any(-1)
+    stored = np.repeat(kept, block, axis=1)[:, :k]
+    return stored, np.packbits(kept, axis=1, bitorder="little")
+
+
+def _mean_layout(x: Tensor, axis: Tensor) -> tuple[int, int, int]:
+    """MEAN's input as [outer][count][inner]: the reduced axes must be adjacent (e.g. H, W of NHWC)."""
+    rank = len(x.shape)
+    axes = sorted({int(a) % rank for a in np.asarray(axis.data).reshape(-1)})
+    if axes != list(range(axes[0], axes[-1] + 1)):
+        raise UserError(f"MEAN over axes {axes} of a {list(x.shape)} tensor is not supported by the AOT "
+                        "engine (only adjacent axes, as in global average pooling)")
+    outer = int(np.prod(x.shape[:axes[0]], dtype=np.int64))
+    count = int(np.prod(x.shape[axes[0]:axes[-1] + 1], dtype=np.int64))
+    return outer, count, x.size // (outer * count)
+
+
+def _mean_multiplier(real: float, count: int) -> tuple[int, int]:
+    """TFLite Micro's int8 MEAN rescaling: input/output scale folded with 1/count in integers."""
+    multiplier, shift = quantize_multiplier(real)
+    extra = min(count.bit_length() - 1, 32, 31 + shift)
+    return int((multiplier << extra) // count), shift - extra

@@ -25,6 +25,7 @@ from pipeline.architecture import Compression, Node
 KERNEL_BYTES = 1
 BIAS_BYTES = 4
 ACTIVATION_BYTES = 1
+PRUNING_BLOCK = 16  # weights per pruning block along an output row; see pipeline.block_pruning
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,9 +50,18 @@ class ResourceGraph:
     outputs: tuple[str, ...]
 
 
-def nonzeros_after_pruning(weights: int, sparsity: float) -> int:
-    """Weights tfmot keeps at a target sparsity: round(n * (1 - s)), at least 1."""
-    return max(1, int(round(weights * (1.0 - sparsity))))
+def nonzeros_after_pruning(weights: int, rows: int, sparsity: float) -> int:
+    """The most weights block pruning can keep of a kernel with ``rows`` output rows.
+
+    Each row is cut into blocks of PRUNING_BLOCK weights (the last one shorter
+    when the row length is not a multiple); ``max(1, round(blocks * (1 - s)))``
+    blocks survive, and the bound assumes the full-length ones are those kept.
+    """
+    full_per_row, tail = divmod(weights // rows, PRUNING_BLOCK)
+    blocks = rows * (full_per_row + (1 if tail else 0))
+    kept = max(1, int(round(blocks * (1.0 - sparsity))))
+    full = rows * full_per_row
+    return min(kept, full) * PRUNING_BLOCK + max(0, kept - full) * tail
 
 
 def graph_from_plan(nodes: Sequence[Node], compression: Compression | None = None) -> ResourceGraph:
@@ -62,7 +72,8 @@ def graph_from_plan(nodes: Sequence[Node], compression: Compression | None = Non
             continue
         nonzeros = node.kernel_weights
         if compression is not None and node.group is not None:
-            nonzeros = nonzeros_after_pruning(node.kernel_weights, _sparsity(node.group, compression))
+            nonzeros = nonzeros_after_pruning(node.kernel_weights, node.shape[-1],
+                                              _sparsity(node.group, compression))
         ops.append(GraphOp(node.name, node.inputs, node.name, nonzeros, node.bias,
                            alias=node.op == "flatten"))
     sizes = {n.name: n.size * ACTIVATION_BYTES for n in nodes}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import flatbuffers
 import numpy as np
 from tensorflow.lite.python import schema_py_generated as schema
 
@@ -111,3 +112,21 @@ def _tensor(index: int, t: Any, buffers: list[Any]) -> Tensor:
     zero_points = tuple(int(z) for z in q.zeroPoint) if q is not None and q.zeroPoint is not None else ()
     name = t.name.decode() if isinstance(t.name, bytes) else str(t.name)
     return Tensor(index, name, shape, dtype, scales, zero_points, data)
+
+
+
+def truncated(data: bytes, last_operator: int) -> bytes:
+    """The same model cut after operator ``last_operator``, whose output becomes the model's.
+
+    Lets a test compare two interpreters on an inner tensor (the pip packages
+    expose only a model's outputs).
+    """
+    model = schema.ModelT.InitFromPackedBuf(data, 0)
+    graph = model.subgraphs[0]
+    if not 0 <= last_operator < len(graph.operators):
+        raise UserError(f"operator {last_operator} is not in a model of {len(graph.operators)} operators")
+    graph.outputs = [int(graph.operators[last_operator].outputs[0])]
+    graph.operators = graph.operators[:last_operator + 1]
+    builder = flatbuffers.Builder(len(data))
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())

@@ -179,7 +179,7 @@ def tflm_run(data: bytes, x_int8: np.ndarray, arena_bytes: int | None = None) ->
 
 
 def reference_run(data: bytes, x_int8: np.ndarray) -> np.ndarray:
-    """Runs int8 inputs through tf.lite with the reference kernels (TFLM's arithmetic)."""
+    """Runs int8 inputs through tf.lite with its reference kernels (see tests for where they differ from TFLM)."""
     interp = tf.lite.Interpreter(model_content=data,
                                  experimental_op_resolver_type=tf.lite.experimental.OpResolverType.BUILTIN_REF)
     interp.allocate_tensors()

@@ -10,10 +10,12 @@ The schedule of one trial, for an epoch budget E:
    largest gate x kernel-magnitude, fold the gates into the layer, and copy
    the surviving weights into the narrower model (``Architecture.with_channel_keep``),
    slicing the matching input channels of every consumer.
-3. Pruning phase, the remaining epochs: tfmot ``prune_low_magnitude`` on
-   every Conv2D and Dense kernel with a polynomial schedule that ramps from 0
-   to the target sparsity of its group over ``pruning_ramp_fraction * E``
-   epochs, then ``strip_pruning``.
+3. Pruning phase, the remaining epochs: block magnitude pruning of every
+   Conv2D and Dense kernel (blocks of 16 weights along each output row, see
+   :mod:`pipeline.block_pruning`; tfmot ``prune_low_magnitude`` for Dense,
+   a callback with the same semantics for Conv2D and tiny Dense kernels) with a tfmot polynomial
+   schedule that ramps from 0 to the target sparsity of its group over
+   ``pruning_ramp_fraction * E`` epochs, then ``strip_pruning``.
 4. Optional quantisation-aware fine-tuning (one epoch) with tfmot's
    prune-preserving scheme, when ``quantization_aware`` is on.
 """
@@ -28,6 +30,7 @@ import tensorflow_model_optimization as tfmot
 import tf_keras
 
 from pipeline.architecture import Architecture, Compression, Node, plan
+from pipeline.block_pruning import PRUNING_BLOCK, BlockPruning, tfmot_can_block_prune
 from pipeline.builder import ChannelMaxPool, build_model
 
 BATCH_SIZE = 64
@@ -68,10 +71,10 @@ def train_candidate(arch: Architecture, compression: Compression, settings: Trai
         model.fit(x, y, batch_size=BATCH_SIZE, epochs=settings.dense_epochs, verbose=0, shuffle=True)
     if structured:
         model = prune_channels(model, arch, compression)
-    model = _prune_weights(model, compression, settings, len(x))
+    model, block_pruning = _prune_weights(model, compression, settings, len(x))
     _compile(model, settings.learning_rate)
     model.fit(x, y, batch_size=BATCH_SIZE, epochs=settings.epochs - settings.dense_epochs, verbose=0,
-              shuffle=True, callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
+              shuffle=True, callbacks=[tfmot.sparsity.keras.UpdatePruningStep(), block_pruning])
     model = tfmot.sparsity.keras.strip_pruning(model)
     if settings.quantization_aware:
         model = _quantization_aware_finetune(model, settings.learning_rate / 10, x, y)
@@ -187,8 +190,13 @@ def _fold_gate(model: tf_keras.Model, node: Node, gate: np.ndarray) -> None:
 
 
 def _prune_weights(model: tf_keras.Model, compression: Compression, settings: TrainingSettings,
-                   samples: int) -> tf_keras.Model:
-    """Wraps every Conv2D/Dense kernel in prune_low_magnitude with its group's schedule."""
+                   samples: int) -> tuple[tf_keras.Model, BlockPruning]:
+    """Sets up block pruning of every Conv2D/Dense kernel with its group's schedule.
+
+    Dense kernels are wrapped in tfmot's prune_low_magnitude with a block size;
+    Conv2D kernels, and Dense kernels tfmot cannot block-prune, go to the
+    returned callback (see :mod:`pipeline.block_pruning`).
+    """
     steps = int(np.ceil(samples / BATCH_SIZE)) * (settings.epochs - settings.dense_epochs)
     ramp = max(1, min(steps - 1, int(round(settings.pruning_ramp_fraction * settings.epochs
                                            * np.ceil(samples / BATCH_SIZE)))))
@@ -196,6 +204,7 @@ def _prune_weights(model: tf_keras.Model, compression: Compression, settings: Tr
     end_step = frequency * (ramp // frequency)
     sparsity_of = {f"block{b + 1}": s for b, s in enumerate(compression.block_sparsity)}
     sparsity_of["fc"] = compression.fc_sparsity
+    schedule_of: dict[str, tfmot.sparsity.keras.PolynomialDecay] = {}
 
     def wrap(layer: tf_keras.layers.Layer) -> tf_keras.layers.Layer:
         clone = layer.__class__.from_config(layer.get_config())
@@ -205,14 +214,19 @@ def _prune_weights(model: tf_keras.Model, compression: Compression, settings: Tr
         group = "fc" if isinstance(layer, tf_keras.layers.Dense) else layer.name.split("_")[0]
         schedule = tfmot.sparsity.keras.PolynomialDecay(0.0, sparsity_of[group], 0, end_step,
                                                         frequency=frequency)
-        return tfmot.sparsity.keras.prune_low_magnitude(clone, pruning_schedule=schedule)
+        if isinstance(layer, tf_keras.layers.Dense) and tfmot_can_block_prune(tuple(layer.kernel.shape)):
+            return tfmot.sparsity.keras.prune_low_magnitude(
+                clone, pruning_schedule=schedule, block_size=(PRUNING_BLOCK, 1))
+        schedule_of[layer.name] = schedule
+        return clone
 
     pruned = tf_keras.models.clone_model(model, clone_function=wrap)
     for src, dst in zip(model.layers, pruned.layers):
         target = dst.layer if hasattr(dst, "layer") and not isinstance(dst, ChannelMaxPool) else dst
         if src.get_weights():
             target.set_weights(src.get_weights())
-    return pruned
+    callback = BlockPruning([(pruned.get_layer(name), s) for name, s in schedule_of.items()])
+    return pruned, callback
 
 
 def _quantization_aware_finetune(model: tf_keras.Model, learning_rate: float,

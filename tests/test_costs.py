@@ -45,7 +45,9 @@ def test_right_branch_keeps_block_input_alive(base_values):
 def test_downsampled_conv_and_pruning_targets(base_values):
     v = base_values | {"block1_layer1_type": "DownsampledConv2D", "block1_layer1_downsample_fraction": 0.25,
                        "block1_sparsity": 0.5, "fc_sparsity": 0.75, "block1_channel_keep": 0.5}
-    # 16 filters keep 8; reduce 1x1 to round(16*0.25) = 4 channels, no bias: 4 weights -> 2 kept
-    # 3x3x4x8 = 288 -> 144 kept + 8 biases; classifier 8*8*8*10 = 5120 -> 1280 kept + 40
+    # 16 filters keep 8; reduce 1x1 to round(16*0.25) = 4 channels, no bias: 4 rows of one
+    # weight, each a block -> 2 blocks kept.
+    # 3x3x4x8: 8 rows of 36 = blocks of 16, 16, 4 -> 24 blocks, 12 kept, at most 12 * 16 = 192
+    # weights, + 8 biases; classifier 10 rows of 512 = 320 blocks of 16, 80 kept = 1280 + 40
     # WM: 3x3 conv reads the 16x16x4 reduction (1024) and writes 16x16x8 (2048)
-    assert _costs(v, pruned=True) == (2 + 144 + 32 + 1280 + 40, 3072)
+    assert _costs(v, pruned=True) == (2 + 192 + 32 + 1280 + 40, 3072)

@@ -12,8 +12,9 @@ import sys
 
 import numpy as np
 import pytest
+import tf_keras
 
-from pipeline import tflite_model
+from pipeline import tflite_graph, tflite_model
 from pipeline.architecture import decode
 from pipeline.datasets import load_dataset
 from pipeline.device import run_device
@@ -77,6 +78,28 @@ def test_aot_firmware_on_qemu_matches_host_tflm_bit_exactly(name, usps, base_val
     if name == "pruned":
         # stored sparse: flash follows the nonzero weights, not the dense kernel
         assert result["weight_bytes"] < sum(_dense_kernel_bytes(flatbuffer))
+
+
+def test_aot_mean_of_global_average_pooling_matches_host_tflm_on_qemu(usps, tmp_path):
+    # The search space flattens; a user's own model often ends in global average pooling (MEAN).
+    tf_keras.utils.set_random_seed(0)
+    model = tf_keras.Sequential([
+        tf_keras.Input(usps.input_shape), tf_keras.layers.Conv2D(12, 3, activation="relu"),
+        tf_keras.layers.GlobalAveragePooling2D(), tf_keras.layers.Dense(usps.num_classes),
+        tf_keras.layers.Softmax()])
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(usps.x_train[:2000], usps.y_train[:2000], epochs=1, verbose=0)
+    flatbuffer = tflite_model.convert_int8(model, usps.x_train)
+    ops = tflite_model.op_names(flatbuffer)
+    # the device's outputs are the 12 channel means themselves, not a classifier's softmax of them
+    flatbuffer = tflite_graph.truncated(flatbuffer, ops.index("MEAN"))
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "model_int8.tflite").write_bytes(flatbuffer)
+    x = tflite_model.quantize_inputs(flatbuffer, usps.x_test[:SAMPLES])
+    np.savez(folder / "test_samples.npz", x_int8=x, y=usps.y_test[:SAMPLES])
+    result = run_device(folder / "model_int8.tflite", "qemu-stm32f4", "aot", tmp_path / "out")
+    assert result["outputs_match"] == 1.0
 
 
 def _dense_kernel_bytes(flatbuffer: bytes):

@@ -45,17 +45,26 @@ static int8_t clamp_to_int8(int32_t value, int32_t lo, int32_t hi) {
 
 /* ---- weights -------------------------------------------------------------- */
 
-/* Walks rows of dense or bitmap-sparse weights in output-channel order. */
+/* Walks rows of dense or block-sparse weights in output-channel order. */
 typedef struct {
   const int8_t* values;
   const uint8_t* bits;
   int32_t row_bytes;
+  int32_t shift;
 } row_cursor;
 
 static void cursor_start(row_cursor* c, const aot_weights* w) {
   c->values = w->values;
   c->bits = w->bitmap;
-  c->row_bytes = (w->row_len + 7) / 8;
+  c->shift = w->block_shift;
+  c->row_bytes = ((((w->row_len - 1) >> w->block_shift) + 1) + 7) / 8;
+}
+
+/* Whether weight `pos` of the current row is stored (always, when dense). */
+static int cursor_stored(const row_cursor* c, int32_t pos) {
+  if (!c->bits) return 1;
+  const int32_t block = pos >> c->shift;
+  return (c->bits[block >> 3] >> (block & 7)) & 1;
 }
 
 static void cursor_next(row_cursor* c, const int8_t* row_end_values) {
@@ -84,7 +93,7 @@ void aot_conv2d(const aot_conv_params* p, const int8_t* input, int8_t* output) {
             const int inside = y >= 0 && y < p->in_h && x >= 0 && x < p->in_w;
             const int8_t* in = input + (y * p->in_w + x) * p->in_c;
             for (int ic = 0; ic < p->in_c; ++ic, ++pos) {
-              if (cur.bits && !(cur.bits[pos >> 3] & (1u << (pos & 7)))) continue;
+              if (!cursor_stored(&cur, pos)) continue;
               if (inside) acc += (int32_t)(*w) * ((int32_t)in[ic] + p->input_offset);
               ++w;
             }
@@ -138,7 +147,7 @@ void aot_fully_connected(const aot_fc_params* p, const int8_t* input, int8_t* ou
     const int8_t* w = cur.values;
     int32_t acc = 0;
     for (int i = 0; i < p->in_len; ++i) {
-      if (cur.bits && !(cur.bits[i >> 3] & (1u << (i & 7)))) continue;
+      if (!cursor_stored(&cur, i)) continue;
       acc += (int32_t)(*w++) * ((int32_t)input[i] + p->input_offset);
     }
     if (p->bias) acc += p->bias[o];
@@ -220,6 +229,19 @@ void aot_requantize(int32_t size, int32_t input_zero_point, int32_t output_zero_
   for (int32_t i = 0; i < size; ++i) {
     const int32_t v = aot_multiply_by_quantized_multiplier(input[i] - input_zero_point, multiplier, shift);
     output[i] = clamp_to_int8(v + output_zero_point, -128, 127);
+  }
+}
+
+void aot_mean(int32_t outer, int32_t count, int32_t inner, int32_t input_zero_point,
+              int32_t output_zero_point, int32_t multiplier, int shift, const int8_t* input,
+              int8_t* output) {
+  for (int32_t o = 0; o < outer; ++o) {
+    for (int32_t i = 0; i < inner; ++i) {
+      int32_t sum = 0;
+      for (int32_t k = 0; k < count; ++k) sum += input[(o * count + k) * inner + i];
+      const int32_t v = aot_multiply_by_quantized_multiplier(sum - input_zero_point * count, multiplier, shift);
+      output[o * inner + i] = clamp_to_int8(v + output_zero_point, -128, 127);
+    }
   }
 }
 

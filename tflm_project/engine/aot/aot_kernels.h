@@ -17,13 +17,15 @@ extern "C" {
 #endif
 
 /* Weights of one CONV_2D or FULLY_CONNECTED layer: either dense
- * ([out][rows] int8), or sparse: per output channel a bitmap of `row_len` bits
- * (bit i set when weight i of the row is nonzero) and the nonzero values in
- * row order. */
+ * ([out][row_len] int8), or block-sparse: each row is cut into blocks of
+ * 2^block_shift weights; per row a bitmap with one bit per block (set when the
+ * block is stored), then the values of the stored blocks in row order (the
+ * last block of a row may be shorter). */
 typedef struct {
   const int8_t* values;
   const uint8_t* bitmap; /* NULL: dense */
   int32_t row_len;
+  int32_t block_shift;
 } aot_weights;
 
 typedef struct {
@@ -81,6 +83,10 @@ void aot_softmax(const aot_softmax_params* p, const int8_t* input, int8_t* outpu
 /* QUANTIZE int8 -> int8: rescales to the output's scale and zero point. */
 void aot_requantize(int32_t size, int32_t input_zero_point, int32_t output_zero_point,
                     int32_t multiplier, int shift, const int8_t* input, int8_t* output);
+/* MEAN of int8 [outer][count][inner] over the middle axis (global average pooling). */
+void aot_mean(int32_t outer, int32_t count, int32_t inner, int32_t input_zero_point,
+              int32_t output_zero_point, int32_t multiplier, int shift, const int8_t* input,
+              int8_t* output);
 void aot_copy(const int8_t* input, int8_t* output, int32_t size);
 
 #ifdef __cplusplus
