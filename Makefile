@@ -25,7 +25,7 @@ DEVICE_FLAGS = --board $(BOARD) --engine $(ENGINE) $(if $(MODEL),--model $(MODEL
 	$(if $(filter command line environment,$(origin OUT)),--out $(OUT)) $(if $(PORT),--port $(PORT)) \
 	$(if $(SAMPLES),--samples $(SAMPLES)) $(DATA_FLAG)
 
-.PHONY: search export bench flash test bench-search bench-compression bench-aot clean-venv
+.PHONY: search export report bench flash test bench-search bench-compression bench-aot clean-venv
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,9 @@ search: $(VENV)/.installed
 
 export: $(VENV)/.installed
 	$(PY) -m pipeline export $(RUN) $(if $(TRIAL),--trial $(TRIAL)) $(DATA_FLAG)
+
+report: $(VENV)/.installed
+	$(PY) -m pipeline report $(RUN)
 
 bench: $(VENV)/.installed
 	$(PY) -m pipeline device $(DEVICE_FLAGS)

@@ -49,6 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--port", default=None, help="serial port of a real board, e.g. /dev/ttyACM0")
     d.add_argument("--samples", type=int, default=None, help="test inputs to send (default: all exported)")
     d.add_argument("--data-dir", default=None, help="dataset location, if the default model must be exported")
+    r = sub.add_parser("report", help="the Pareto models' promised and measured figures as one table")
+    r.add_argument("run_dir", metavar="RUN_DIR", help="the --out directory of a search")
     return parser
 
 
@@ -97,6 +99,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"{100 * result['accuracy']:.2f}% on {result['samples']} inputs, outputs match host TFLM "
                   f"{100 * result['outputs_match']:.1f}%, flash {result['flash_bytes']:,} B, RAM "
                   f"{result['ram_bytes']:,} B (arena {result['arena_bytes']:,} B), latency {latency}")
+        elif args.command == "report":
+            from pipeline.report import format_report
+
+            sys.stdout.write(format_report(Path(args.run_dir)))
     except UserError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return exc.exit_code

@@ -4,8 +4,8 @@ For every exported Pareto model of a search run (RUN_DIR/models/<trial>/) this
 builds the AOT firmware, runs it on the board (QEMU for the emulated ones),
 and prints, per model:
 
-- weights in flash (int8 kernels as stored, dense or bitmap-sparse, plus int32
-  biases) against MS (nonzero kernel bytes + 4 x nonzero biases);
+- weights in flash (int8 kernels as stored, dense or block-bitmap sparse, plus
+  int32 biases) against MS (nonzero kernel bytes + 4 x nonzero biases);
 - AOT RAM (arena + peak stack) against the analytical WM, and what the rest
   of the firmware's RAM is (the fixed overhead: UART code's statics, stack
   paint margin);

@@ -109,6 +109,28 @@ def test_export_rejects_unknown_trial_and_corrupt_model_in_one_line(digits_run, 
     assert "\n" not in line and str(model) in line and "corrupt" in line and "Traceback" not in line
 
 
+def test_report_joins_search_export_and_device_figures_per_pareto_trial(digits_run):
+    from pipeline.device import run_device
+
+    assert _export(digits_run).returncode == 0
+    front = [r for r in _rows(digits_run) if r["pareto"] == "True"]
+    measured = front[0]["trial_id"]
+    model = digits_run / "models" / measured / "model_int8.tflite"
+    device = run_device(model, "qemu-microbit", "aot", model.parent / "qemu-microbit", samples=5)
+    result = subprocess.run([sys.executable, "-m", "pipeline", "report", str(digits_run)], cwd=REPO,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    table = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+             for line in result.stdout.splitlines() if line.startswith("| ") and "trial" not in line}
+    assert set(table) == {r["trial_id"] for r in front}
+    row = table[measured]
+    info = json.loads((model.parent / "model.json").read_text())
+    assert row[1] == f"{100 * info['test_accuracy']:.2f}"
+    assert row[2] == f"{int(front[0]['model_size_bytes']):,}"
+    assert row[5] == "qemu-microbit (aot)" and row[6] == f"{device['flash_bytes']:,}"
+    assert row[-1] == "1.00"
+
+
 def test_search_resumes_after_kill_without_losing_or_repeating_trials(tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "pipeline", "search", "--dataset", "digits", "--trials", "3",
