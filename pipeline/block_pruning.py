@@ -61,6 +61,12 @@ def _rows(kernel: np.ndarray) -> np.ndarray:
     return kernel.reshape(-1, kernel.shape[-1]).T
 
 
+def _pruning_turn(schedule: object, step: int) -> bool:
+    """Whether a tfmot schedule with begin/end/frequency updates its mask at ``step``."""
+    begin, end, frequency = schedule.begin_step, schedule.end_step, schedule.frequency
+    return step >= begin and (step <= end or end < 0) and (step - begin) % frequency == 0
+
+
 class BlockPruning(tf_keras.callbacks.Callback):
     """Prunes kernels in blocks along each output row, on a tfmot pruning schedule.
 
@@ -79,6 +85,8 @@ class BlockPruning(tf_keras.callbacks.Callback):
     def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
         """Updates the masks when the schedule says so, then masks the kernels."""
         for i, (layer, schedule) in enumerate(self._schedules):
+            if not _pruning_turn(schedule, self._step):
+                continue  # tfmot's own test, in Python: calling the schedule every batch is slow
             update, sparsity = schedule(tf.constant(self._step, dtype=tf.int64))
             if bool(update):
                 mask = block_mask(layer.kernel.numpy(), float(sparsity))
