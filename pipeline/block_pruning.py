@@ -102,3 +102,31 @@ class BlockPruning(tf_keras.callbacks.Callback):
         for (layer, _), mask in zip(self._schedules, self._masks):
             if mask is not None:
                 layer.kernel.assign(layer.kernel * mask)
+
+
+class KeepZeros(tf_keras.callbacks.Callback):
+    """Holds the zeros of pruned kernels at zero while a model trains on (e.g. in QAT).
+
+    tfmot's prune-preserving QAT scheme loses the zeros of a Conv2D that its
+    layout transforms fuse with the following ReLU; masking the kernel before
+    every step keeps the pruned pattern exactly.
+
+    Args:
+        variables: kernel variables, each with the 0/1 mask of its weights to keep.
+    """
+
+    def __init__(self, variables: list[tuple[tf.Variable, np.ndarray]]) -> None:
+        super().__init__()
+        self._masked = [(v, tf.constant(m, dtype=v.dtype)) for v, m in variables]
+
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        """Zeroes the pruned weights before the step."""
+        self._apply()
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        """And after the last one."""
+        self._apply()
+
+    def _apply(self) -> None:
+        for variable, mask in self._masked:
+            variable.assign(variable * mask)

@@ -137,6 +137,18 @@ def resource_graph(data: bytes) -> ResourceGraph:
     return ResourceGraph(tuple(ops), sizes, tuple(str(i) for i in graph_inputs), outputs)
 
 
+def kernel_sparsity(data: bytes) -> float:
+    """Fraction of zeros over the int8 CONV_2D and FULLY_CONNECTED kernels of a converted model."""
+    interp = tf.lite.Interpreter(model_content=data)
+    zeros = total = 0
+    for op in interp._get_ops_details():
+        if op["op_name"] in ("CONV_2D", "FULLY_CONNECTED"):
+            kernel = interp.get_tensor(op["inputs"][1])
+            zeros += kernel.size - int(np.count_nonzero(kernel))
+            total += kernel.size
+    return zeros / total if total else 0.0
+
+
 def op_names(data: bytes) -> list[str]:
     """The builtin operator of every op, in flatbuffer order."""
     return [op["op_name"] for op in tf.lite.Interpreter(model_content=data)._get_ops_details()]

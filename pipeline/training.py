@@ -30,7 +30,7 @@ import tensorflow_model_optimization as tfmot
 import tf_keras
 
 from pipeline.architecture import Architecture, Compression, Node, plan
-from pipeline.block_pruning import PRUNING_BLOCK, BlockPruning, tfmot_can_block_prune
+from pipeline.block_pruning import PRUNING_BLOCK, BlockPruning, KeepZeros, tfmot_can_block_prune
 from pipeline.builder import ChannelMaxPool, build_model
 
 BATCH_SIZE = 64
@@ -231,16 +231,29 @@ def _prune_weights(model: tf_keras.Model, compression: Compression, settings: Tr
 
 def _quantization_aware_finetune(model: tf_keras.Model, learning_rate: float,
                                  x: np.ndarray, y: np.ndarray) -> tf_keras.Model:
-    """One epoch of prune-preserving quantisation-aware training."""
+    """One epoch of prune-preserving quantisation-aware training that keeps every pruned zero."""
     quantize = tfmot.quantization.keras
     scope = {"ChannelMaxPool": ChannelMaxPool}
+    masks = {layer.name: layer.kernel.numpy() != 0 for layer in model.layers if _is_pruned_kind(layer)}
     with quantize.quantize_scope(scope):
         annotated = quantize.quantize_annotate_model(model)
         qat = quantize.quantize_apply(
             annotated, tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme())
+    kernels = []
+    for layer in qat.layers:
+        inner = getattr(layer, "layer", None)
+        if inner is not None and inner.name in masks:  # the wrapper swaps inner.kernel for a tensor
+            kernel = next(w for w in layer.weights if w.name.endswith(f"{inner.name}/kernel:0"))
+            kernels.append((kernel, masks[inner.name]))
     _compile(qat, learning_rate)
-    qat.fit(x, y, batch_size=BATCH_SIZE, epochs=1, verbose=0, shuffle=True)
+    qat.fit(x, y, batch_size=BATCH_SIZE, epochs=1, verbose=0, shuffle=True, callbacks=[KeepZeros(kernels)])
     return qat
+
+
+def _is_pruned_kind(layer: tf_keras.layers.Layer) -> bool:
+    """Conv2D and Dense layers (not depthwise): the kernels the search prunes."""
+    return isinstance(layer, (tf_keras.layers.Conv2D, tf_keras.layers.Dense)) and not isinstance(
+        layer, tf_keras.layers.DepthwiseConv2D)
 
 
 def kernel_sparsity(model: tf_keras.Model) -> float:

@@ -24,7 +24,7 @@ from pipeline import costs, tflite_model
 from pipeline.architecture import decode, plan
 from pipeline.datasets import Dataset
 from pipeline.oracle import normalised_objectives
-from pipeline.training import TrainingSettings, kernel_sparsity, train_candidate
+from pipeline.training import TrainingSettings, train_candidate
 
 MODEL_FILE = "model_int8.tflite"
 KERAS_FILE = "model_float.h5"  # HDF5: the .keras format cannot reload QAT models
@@ -133,7 +133,7 @@ class SparseTuner(base_tuner.BaseTuner):
         feasible = ms <= self.budget.max_flash and wm <= self.budget.max_ram
         return self._metrics(1.0 - int8_accuracy, ms, wm, feasible=feasible,
                              seconds=time.monotonic() - started, float_accuracy=float_accuracy,
-                             int8_accuracy=int8_accuracy, sparsity=kernel_sparsity(model),
+                             int8_accuracy=int8_accuracy, sparsity=tflite_model.kernel_sparsity(flatbuffer),
                              flatbuffer_bytes=len(flatbuffer), arena_bytes=arena,
                              analytical_model_size_bytes=analytic["model_size_bytes"],
                              analytical_working_memory_bytes=analytic["working_memory_bytes"])
