@@ -29,6 +29,7 @@ import tf_keras
 
 from pipeline.costs import PRUNING_BLOCK
 
+
 def tfmot_can_block_prune(kernel_shape: tuple[int, ...]) -> bool:
     """Whether tfmot's block_size=(PRUNING_BLOCK, 1) works on a kernel.
 
@@ -50,9 +51,9 @@ def block_mask(kernel: np.ndarray, sparsity: float) -> np.ndarray:
     score = (padded.reshape(out, -1, PRUNING_BLOCK).sum(-1)
              / counts.reshape(out, -1, PRUNING_BLOCK).sum(-1)).ravel()
     keep = max(1, int(round(score.size * (1.0 - sparsity))))
-    block_mask = np.zeros(score.size, dtype=np.float32)
-    block_mask[np.argsort(-score, kind="stable")[:keep]] = 1.0
-    row_mask = np.repeat(block_mask.reshape(out, -1), PRUNING_BLOCK, axis=1)[:, :length]
+    kept = np.zeros(score.size, dtype=np.float32)
+    kept[np.argsort(-score, kind="stable")[:keep]] = 1.0
+    row_mask = np.repeat(kept.reshape(out, -1), PRUNING_BLOCK, axis=1)[:, :length]
     return row_mask.T.reshape(kernel.shape).astype(kernel.dtype)
 
 
@@ -67,7 +68,30 @@ def _pruning_turn(schedule: object, step: int) -> bool:
     return step >= begin and (step <= end or end < 0) and (step - begin) % frequency == 0
 
 
-class BlockPruning(tf_keras.callbacks.Callback):
+class _MaskedKernels(tf_keras.callbacks.Callback):
+    """Multiplies kernels by 0/1 masks before every training step and after the last one."""
+
+    def __init__(self, kernels: list[tf.Variable], masks: list[np.ndarray]) -> None:
+        super().__init__()
+        self._kernels = list(kernels)
+        self._masks = [tf.Variable(m.astype(k.dtype.as_numpy_dtype), trainable=False)
+                       for k, m in zip(self._kernels, masks)]
+        self._apply = tf.function(self._apply_all)  # one call per batch, not one op per kernel
+
+    def _apply_all(self) -> None:
+        for kernel, mask in zip(self._kernels, self._masks):
+            kernel.assign(kernel * mask)
+
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        """Masks the kernels before the step."""
+        self._apply()
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        """Leaves the kernels masked after the last optimiser step."""
+        self._apply()
+
+
+class BlockPruning(_MaskedKernels):
     """Prunes kernels in blocks along each output row, on a tfmot pruning schedule.
 
     Args:
@@ -77,34 +101,25 @@ class BlockPruning(tf_keras.callbacks.Callback):
     """
 
     def __init__(self, schedules: list[tuple[tf_keras.layers.Layer, object]]) -> None:
-        super().__init__()
-        self._schedules = list(schedules)
-        self._masks: list[tf.Tensor | None] = [None] * len(self._schedules)
+        layers = [layer for layer, _ in schedules]
+        super().__init__([layer.kernel for layer in layers],
+                         [np.ones(layer.kernel.shape) for layer in layers])
+        self._schedules = [schedule for _, schedule in schedules]
         self._step = -1  # tfmot's UpdatePruningStep also starts at -1
 
     def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
         """Updates the masks when the schedule says so, then masks the kernels."""
-        for i, (layer, schedule) in enumerate(self._schedules):
+        for kernel, mask, schedule in zip(self._kernels, self._masks, self._schedules):
             if not _pruning_turn(schedule, self._step):
                 continue  # tfmot's own test, in Python: calling the schedule every batch is slow
             update, sparsity = schedule(tf.constant(self._step, dtype=tf.int64))
             if bool(update):
-                mask = block_mask(layer.kernel.numpy(), float(sparsity))
-                self._masks[i] = tf.constant(mask)
+                mask.assign(block_mask(kernel.numpy(), float(sparsity)))
         self._step += 1
         self._apply()
 
-    def on_train_end(self, logs: dict | None = None) -> None:
-        """Leaves the kernels masked after the last optimiser step."""
-        self._apply()
 
-    def _apply(self) -> None:
-        for (layer, _), mask in zip(self._schedules, self._masks):
-            if mask is not None:
-                layer.kernel.assign(layer.kernel * mask)
-
-
-class KeepZeros(tf_keras.callbacks.Callback):
+class KeepZeros(_MaskedKernels):
     """Holds the zeros of pruned kernels at zero while a model trains on (e.g. in QAT).
 
     tfmot's prune-preserving QAT scheme loses the zeros of a Conv2D that its
@@ -116,17 +131,4 @@ class KeepZeros(tf_keras.callbacks.Callback):
     """
 
     def __init__(self, variables: list[tuple[tf.Variable, np.ndarray]]) -> None:
-        super().__init__()
-        self._masked = [(v, tf.constant(m, dtype=v.dtype)) for v, m in variables]
-
-    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
-        """Zeroes the pruned weights before the step."""
-        self._apply()
-
-    def on_train_end(self, logs: dict | None = None) -> None:
-        """And after the last one."""
-        self._apply()
-
-    def _apply(self) -> None:
-        for variable, mask in self._masked:
-            variable.assign(variable * mask)
+        super().__init__([v for v, _ in variables], [m for _, m in variables])
