@@ -56,7 +56,7 @@ bench-search: $(VENV)/.installed
 	$(PY) scripts/bench_search.py $(DATA_FLAG)
 
 bench-compression: $(VENV)/.installed
-	$(PY) scripts/bench_compression.py $(RUN)
+	$(PY) scripts/bench_compression.py $(RUN) $(DATA_FLAG)
 
 bench-aot: $(VENV)/.installed
 	$(PY) scripts/bench_aot.py $(RUN) --board $(BOARD)

@@ -65,4 +65,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except UserError as exc:  # a bad run dir or a missing dataset: one line, no traceback
+        sys.stderr.write(f"error: {exc}\n")
+        raise SystemExit(2) from None

@@ -26,6 +26,7 @@ import pipeline  # noqa: E402,F401  (sets TF_USE_LEGACY_KERAS before TensorFlow 
 from pipeline import costs, tflite_model  # noqa: E402
 from pipeline.builder import load_float_model  # noqa: E402
 from pipeline.datasets import load_dataset  # noqa: E402
+from pipeline.errors import UserError  # noqa: E402
 from pipeline.export import load_run  # noqa: E402
 from pipeline.tuner import KERAS_FILE  # noqa: E402
 
@@ -59,4 +60,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except UserError as exc:  # a bad run dir or a missing dataset: one line, no traceback
+        sys.stderr.write(f"error: {exc}\n")
+        raise SystemExit(2) from None
