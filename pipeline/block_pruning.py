@@ -82,6 +82,10 @@ class _MaskedKernels(tf_keras.callbacks.Callback):
         for kernel, mask in zip(self._kernels, self._masks):
             kernel.assign(kernel * mask)
 
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        """Traces the masking function now, outside the batches Keras times."""
+        self._apply()
+
     def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
         """Masks the kernels before the step."""
         self._apply()
@@ -113,7 +117,7 @@ class BlockPruning(_MaskedKernels):
             if not _pruning_turn(schedule, self._step):
                 continue  # tfmot's own test, in Python: calling the schedule every batch is slow
             update, sparsity = schedule(tf.constant(self._step, dtype=tf.int64))
-            if bool(update):
+            if bool(update) and float(sparsity) > 0.0:
                 mask.assign(block_mask(kernel.numpy(), float(sparsity)))
         self._step += 1
         self._apply()
