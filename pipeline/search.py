@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
 import keras_tuner
+from sklearn.exceptions import ConvergenceWarning
 from tqdm import tqdm
 
 from pipeline.boards import get_board
@@ -56,7 +58,11 @@ def run_search(dataset: str, trials: int, epochs: int, board: str, optimizer: st
     bar.n = len(rows)
     bar.refresh()
     try:
-        tuner.search(verbose=0)
+        with warnings.catch_warnings():
+            # keras-tuner's own GP (kt-bayes) warns when a length scale meets its bound: surrogate
+            # chatter on a handful of points that no user can act on, as in our oracle
+            warnings.filterwarnings("ignore", category=ConvergenceWarning)
+            tuner.search(verbose=0)
     except RuntimeError as exc:
         if "consecutive failures" not in str(exc):
             raise
