@@ -39,6 +39,11 @@ def load_run(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     return json.loads(run_file.read_text()), rows
 
 
+def pareto_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The Pareto trials of a run's rows, smallest model first."""
+    return sorted((r for r in rows if r["pareto"]), key=lambda r: r["model_size_bytes"])
+
+
 def _parse(text: str) -> Any:
     """A trials.csv cell as the value it was written from."""
     if text in ("True", "False"):

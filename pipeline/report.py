@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pipeline.export import load_run
+from pipeline.export import load_run, pareto_rows
 
 _COLUMNS = ("trial", "int8 val acc %", "test acc %", "MS B", "WM B", "host arena B", "board",
             "flash B", "RAM B", "arena B", "latency", "outputs match")
@@ -26,9 +26,8 @@ def device_results(model_dir: Path) -> list[dict[str, Any]]:
 def report_rows(run_dir: Path) -> list[dict[str, Any]]:
     """One row per (Pareto trial, device measurement); trials never run on a device get one row."""
     _, rows = load_run(run_dir)
-    front = sorted((r for r in rows if r["pareto"]), key=lambda r: r["model_size_bytes"])
     table = []
-    for row in front:
+    for row in pareto_rows(rows):
         model_dir = run_dir / "models" / str(row["trial_id"])
         info_file = model_dir / "model.json"
         test_accuracy = json.loads(info_file.read_text())["test_accuracy"] if info_file.is_file() else None

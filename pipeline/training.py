@@ -224,8 +224,7 @@ def _prune_weights(model: tf_keras.Model, compression: Compression, settings: Tr
 
     def wrap(layer: tf_keras.layers.Layer) -> tf_keras.layers.Layer:
         clone = layer.__class__.from_config(layer.get_config())
-        if isinstance(layer, tf_keras.layers.DepthwiseConv2D) or not isinstance(
-                layer, (tf_keras.layers.Conv2D, tf_keras.layers.Dense)):
+        if not _is_pruned_kind(layer):
             return clone
         group = "fc" if isinstance(layer, tf_keras.layers.Dense) else layer.name.split("_")[0]
         schedule = tfmot.sparsity.keras.PolynomialDecay(0.0, sparsity_of[group], 0, end_step,

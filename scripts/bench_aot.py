@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pipeline  # noqa: E402,F401
 from pipeline.device import run_device  # noqa: E402
-from pipeline.errors import UserError  # noqa: E402
-from pipeline.export import load_run  # noqa: E402
+from pipeline.errors import UserError, run_script  # noqa: E402
+from pipeline.export import load_run, pareto_rows  # noqa: E402
 
 
 def main() -> int:
@@ -39,13 +39,12 @@ def main() -> int:
     if args.board in ("stm32f413", "microbit"):  # the Makefile's search default is a real board
         args.board = f"qemu-{'stm32f4' if args.board == 'stm32f413' else 'microbit'}"
     _, rows = load_run(args.run_dir)
-    front = sorted((r for r in rows if r["pareto"]), key=lambda r: r["model_size_bytes"])
     print(f"AOT engine on {args.board}, Pareto models of {args.run_dir}, {args.samples} test inputs each\n")
     print("| trial | sparsity | MS bytes | AOT weights bytes | weights / MS | WM bytes | arena bytes "
           "| stack bytes | (arena + stack) / WM | other static RAM bytes | flash bytes | instructions "
           "| outputs match |")
     print("|---|" * 1 + "---|" * 12)
-    for row in front:
+    for row in pareto_rows(rows):
         model = args.run_dir / "models" / str(row["trial_id"]) / "model_int8.tflite"
         if not model.is_file():
             print(f"| {row['trial_id']} | not exported: run make export RUN={args.run_dir} |")
@@ -65,8 +64,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        raise SystemExit(main())
-    except UserError as exc:  # a bad run dir or a missing dataset: one line, no traceback
-        sys.stderr.write(f"error: {exc}\n")
-        raise SystemExit(2) from None
+    run_script(main)

@@ -2,10 +2,10 @@
 
 For every Pareto model of a search run this measures, on the test split:
 the float model's accuracy (tf_keras), the int8 model's accuracy (host
-TFLite Micro interpreter), the analytical working memory WM read from the
-int8 flatbuffer, and the smallest host TFLM arena that allocates and runs it
-(found by bisection; host figures are for 64-bit pointers, a Cortex-M needs
-less). It prints one Markdown table.
+TFLite Micro interpreter), next to the figures the search already read from
+the same int8 flatbuffer (trials.csv): the working memory WM and the smallest
+host TFLM arena that allocates and runs it (host figures are for 64-bit
+pointers, a Cortex-M needs less). It prints one Markdown table.
 
 Usage:
     .venv/bin/python scripts/bench_compression.py RUN_DIR [--data-dir DIR]
@@ -23,11 +23,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 import pipeline  # noqa: E402,F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-from pipeline import costs, tflite_model  # noqa: E402
+from pipeline import tflite_model  # noqa: E402
 from pipeline.builder import load_float_model  # noqa: E402
 from pipeline.datasets import load_dataset  # noqa: E402
-from pipeline.errors import UserError  # noqa: E402
-from pipeline.export import load_run  # noqa: E402
+from pipeline.errors import run_script  # noqa: E402
+from pipeline.export import load_run, pareto_rows  # noqa: E402
 from pipeline.tuner import KERAS_FILE  # noqa: E402
 
 
@@ -44,15 +44,14 @@ def main() -> int:
     print("| trial | float acc % | int8 acc % | change (points) | sparsity | WM bytes | TFLM arena bytes "
           "| arena / WM |")
     print("|---|---|---|---|---|---|---|---|")
-    for row in sorted((r for r in rows if r["pareto"]), key=lambda r: r["model_size_bytes"]):
+    for row in pareto_rows(rows):
         trial_dir = args.run_dir / "search" / f"trial_{row['trial_id']}"
         model = tflite_model.read_tflite(trial_dir / "model_int8.tflite")
         float_model = load_float_model(trial_dir / KERAS_FILE)
         float_acc = float(np.mean(float_model.predict(data.x_test, verbose=0).argmax(1) == data.y_test))
         x_int8 = tflite_model.quantize_inputs(model, data.x_test)
-        arena = tflite_model.smallest_arena(model)
+        arena, wm = row["arena_bytes"], row["working_memory_bytes"]  # measured on this flatbuffer
         int8_acc = float(np.mean(tflite_model.tflm_run(model, x_int8, arena + 1024).argmax(1) == data.y_test))
-        wm = costs.working_memory_bytes(tflite_model.resource_graph(model))
         print(f"| {row['trial_id']} | {100 * float_acc:.2f} | {100 * int8_acc:.2f} | "
               f"{100 * (int8_acc - float_acc):+.2f} | {row['sparsity']:.2f} | {wm:,} | {arena:,} | "
               f"{arena / wm:.2f} |")
@@ -60,8 +59,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        raise SystemExit(main())
-    except UserError as exc:  # a bad run dir or a missing dataset: one line, no traceback
-        sys.stderr.write(f"error: {exc}\n")
-        raise SystemExit(2) from None
+    run_script(main)
