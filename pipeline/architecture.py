@@ -77,7 +77,8 @@ class Node:
     """One operator of the planned network and the tensor it produces.
 
     ``op`` is one of input, channel_max, max_pool, conv, depthwise, flatten,
-    dense, add, concat, softmax. ``group`` names the pruning group of a
+    dense, add, concat; the last node, ``classifier``, outputs the logits.
+    ``group`` names the pruning group of a
     prunable kernel (``block1``, ``block2``, ``fc``) or is None.
     """
 
@@ -238,7 +239,6 @@ def plan(arch: Architecture) -> list[Node]:
         x = "merge"
     features = next(n for n in nodes if n.name == x).size
     nodes.append(_dense("classifier", x, features, arch.num_classes, False))
-    nodes.append(Node("softmax", "softmax", ("classifier",), (arch.num_classes,)))
     return nodes
 
 

@@ -44,14 +44,24 @@ class ChannelGate(tf_keras.layers.Layer):
         return {**super().get_config(), "costs": self.costs, "strength": self.strength}
 
 
-def build_model(arch: Architecture, gates: dict[str, tuple[list[float], float]] | None = None
-                ) -> tf_keras.Model:
+def build_model(arch: Architecture, gates: dict[str, tuple[list[float], float]] | None = None,
+                shipped: bool = False) -> tf_keras.Model:
     """Builds the tf_keras model of ``arch``; layer names follow the plan's node names.
+
+    The model outputs logits (the loss applies the softmax): the class is their
+    argmax, and a device need not run a softmax to find it.
 
     Args:
         arch: the architecture.
         gates: optional conv-node name -> (per-channel costs, strength); a
             ChannelGate named ``<node>_gate`` follows each such conv layer.
+        shipped: build the form that is converted and shipped. Each flatten
+            becomes a reshape to a 1x1 map with the features as channels and
+            each FC layer a 1x1 convolution over it (the same arithmetic), so
+            the int8 graph has per-channel CONV_2D where it would have
+            FULLY_CONNECTED: TFLite and TFLite Micro requantise CONV_2D the
+            same way, but not FULLY_CONNECTED. A final flatten named
+            ``logits`` gives the output its usual (batch, classes) shape.
     """
     gates = gates or {}
     tensors: dict[str, tf.Tensor] = {}
@@ -79,8 +89,13 @@ def build_model(arch: Architecture, gates: dict[str, tuple[list[float], float]] 
         elif node.op == "depthwise":
             y = tf_keras.layers.DepthwiseConv2D(a["kernel"], padding="same", use_bias=False,
                                                 name=node.name)(xs[0])
+        elif node.op == "flatten" and shipped:
+            y = tf_keras.layers.Reshape((1, 1, node.size), name=node.name)(xs[0])
         elif node.op == "flatten":
             y = tf_keras.layers.Flatten(name=node.name)(xs[0])
+        elif node.op == "dense" and shipped:
+            y = tf_keras.layers.Conv2D(node.shape[-1], 1, activation="relu" if a["relu"] else None,
+                                       name=node.name)(xs[0])
         elif node.op == "dense":
             y = tf_keras.layers.Dense(node.shape[-1], activation="relu" if a["relu"] else None,
                                       name=node.name)(xs[0])
@@ -88,12 +103,27 @@ def build_model(arch: Architecture, gates: dict[str, tuple[list[float], float]] 
             y = tf_keras.layers.Add(name=node.name)(xs)
         elif node.op == "concat":
             y = tf_keras.layers.Concatenate(name=node.name)(xs)
-        elif node.op == "softmax":
-            y = tf_keras.layers.Softmax(name=node.name)(xs[0])
         else:
             raise ValueError(f"plan node {node.name!r} has unknown op {node.op!r}")
         tensors[node.name] = y
+    if shipped:
+        y = tf_keras.layers.Flatten(name="logits")(y)
     return tf_keras.Model(tensors["input"], y)
+
+
+def shipped_model(model: tf_keras.Model, arch: Architecture) -> tf_keras.Model:
+    """The shipped form (see :func:`build_model`) of a trained model of ``arch``, same weights.
+
+    ``model`` is the training form without gates or pruning wrappers (after
+    ``strip_pruning``); each FC kernel [in, out] becomes a 1x1 kernel [1, 1, in, out].
+    """
+    shipped = build_model(arch, shipped=True)
+    for layer in shipped.layers:
+        weights = model.get_layer(layer.name).get_weights() if layer.weights else []
+        if weights:
+            kernel_shape = tuple(layer.weights[0].shape)
+            layer.set_weights([weights[0].reshape(kernel_shape)] + weights[1:])
+    return shipped
 
 
 class SparseHyperModel(keras_tuner.HyperModel):

@@ -16,8 +16,13 @@ The schedule of one trial, for an epoch budget E:
    a callback with the same semantics for Conv2D and tiny Dense kernels) with a tfmot polynomial
    schedule that ramps from 0 to the target sparsity of its group over
    ``pruning_ramp_fraction * E`` epochs, then ``strip_pruning``.
-4. Optional quantisation-aware fine-tuning (one epoch) with tfmot's
-   prune-preserving scheme, when ``quantization_aware`` is on.
+4. The shipped form (:func:`~pipeline.builder.shipped_model`): the same
+   weights with every FC layer as a 1x1 convolution, so that the int8 model
+   computes the same in TFLite, TFLite Micro and the AOT engine.
+5. Optional quantisation-aware fine-tuning (one epoch) of the shipped form
+   with tfmot's prune-preserving scheme, when ``quantization_aware`` is on.
+
+Models output logits; the loss applies the softmax.
 """
 from __future__ import annotations
 
@@ -32,7 +37,7 @@ import tf_keras
 
 from pipeline.architecture import Architecture, Compression, Node, plan
 from pipeline.block_pruning import PRUNING_BLOCK, BlockPruning, KeepZeros, tfmot_can_block_prune
-from pipeline.builder import ChannelMaxPool, build_model
+from pipeline.builder import ChannelMaxPool, build_model, shipped_model
 
 BATCH_SIZE = 64
 GATE_STRENGTH = 1e-3
@@ -77,7 +82,7 @@ class TrainingSettings:
 
 def train_candidate(arch: Architecture, compression: Compression, settings: TrainingSettings,
                     x: np.ndarray, y: np.ndarray, seed: int) -> tf_keras.Model:
-    """Trains, channel-prunes and magnitude-prunes one candidate; returns a stripped float model."""
+    """Trains, channel-prunes and block-prunes one candidate; returns its float model in shipped form."""
     tf_keras.utils.set_random_seed(seed)
     structured = any(k < 1.0 for k in compression.block_channel_keep)
     gates = _gate_costs(arch, compression) if structured else {}
@@ -87,11 +92,12 @@ def train_candidate(arch: Architecture, compression: Compression, settings: Trai
         model.fit(x, y, batch_size=BATCH_SIZE, epochs=settings.dense_epochs, verbose=0, shuffle=True)
     if structured:
         model = prune_channels(model, arch, compression)
+        arch = arch.with_channel_keep(compression.block_channel_keep)
     model, block_pruning = _prune_weights(model, compression, settings, len(x))
     _compile(model, settings.learning_rate)
     model.fit(x, y, batch_size=BATCH_SIZE, epochs=settings.epochs - settings.dense_epochs, verbose=0,
               shuffle=True, callbacks=[tfmot.sparsity.keras.UpdatePruningStep(), block_pruning])
-    model = tfmot.sparsity.keras.strip_pruning(model)
+    model = shipped_model(tfmot.sparsity.keras.strip_pruning(model), arch)
     if settings.quantization_aware:
         model = _quantization_aware_finetune(model, settings.learning_rate / 10, x, y)
     _compile(model, settings.learning_rate)
@@ -100,7 +106,8 @@ def train_candidate(arch: Architecture, compression: Compression, settings: Trai
 
 def _compile(model: tf_keras.Model, learning_rate: float) -> None:
     model.compile(optimizer=tf_keras.optimizers.Adam(learning_rate),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+                  loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
 
 
 def _gate_costs(arch: Architecture, compression: Compression) -> dict[str, tuple[list[float], float]]:

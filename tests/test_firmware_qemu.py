@@ -62,9 +62,9 @@ def test_aot_firmware_on_qemu_matches_host_tflm_bit_exactly(name, usps, base_val
     values = base_values | {"block1_channel_keep": 1.0} | ARCHITECTURES[name]
     flatbuffer, _ = _exported_model(values, usps, tmp_path / "model")
     ops = set(tflite_model.op_names(flatbuffer))
-    expected_ops = {"branch_sum_merge": {"ADD", "FULLY_CONNECTED"},
+    expected_ops = {"branch_sum_merge": {"ADD", "CONV_2D", "RESHAPE"},
                     "separable_downsampled_concat": {"DEPTHWISE_CONV_2D", "CONCATENATION"},
-                    "pruned": {"CONV_2D", "FULLY_CONNECTED"}}[name]
+                    "pruned": {"CONV_2D", "MAX_POOL_2D"}}[name]
     assert expected_ops <= ops, ops
     result = run_device(tmp_path / "model" / "model_int8.tflite", BOARDS[name], "aot", tmp_path / "out")
     written = json.loads((tmp_path / "out" / "device.json").read_text())
@@ -80,8 +80,9 @@ def test_aot_firmware_on_qemu_matches_host_tflm_bit_exactly(name, usps, base_val
         assert result["weight_bytes"] < sum(_dense_kernel_bytes(flatbuffer))
 
 
-def test_aot_mean_of_global_average_pooling_matches_host_tflm_on_qemu(usps, tmp_path):
-    # The search space flattens; a user's own model often ends in global average pooling (MEAN).
+def test_aot_runs_a_users_own_model_with_mean_fc_and_softmax_like_host_tflm_on_qemu(usps, tmp_path):
+    # The search ships convolutions and logits; a user's own model often ends in global average
+    # pooling (MEAN), FULLY_CONNECTED and SOFTMAX.
     tf_keras.utils.set_random_seed(0)
     model = tf_keras.Sequential([
         tf_keras.Input(usps.input_shape), tf_keras.layers.Conv2D(12, 3, activation="relu"),
@@ -89,17 +90,19 @@ def test_aot_mean_of_global_average_pooling_matches_host_tflm_on_qemu(usps, tmp_
         tf_keras.layers.Softmax()])
     model.compile("adam", "sparse_categorical_crossentropy")
     model.fit(usps.x_train[:2000], usps.y_train[:2000], epochs=1, verbose=0)
-    flatbuffer = tflite_model.convert_int8(model, usps.x_train)
-    ops = tflite_model.op_names(flatbuffer)
-    # the device's outputs are the 12 channel means themselves, not a classifier's softmax of them
-    flatbuffer = tflite_graph.truncated(flatbuffer, ops.index("MEAN"))
-    folder = tmp_path / "model"
-    folder.mkdir()
-    (folder / "model_int8.tflite").write_bytes(flatbuffer)
-    x = tflite_model.quantize_inputs(flatbuffer, usps.x_test[:SAMPLES])
-    np.savez(folder / "test_samples.npz", x_int8=x, y=usps.y_test[:SAMPLES])
-    result = run_device(folder / "model_int8.tflite", "qemu-stm32f4", "aot", tmp_path / "out")
-    assert result["outputs_match"] == 1.0
+    full = tflite_model.convert_int8(model, usps.x_train)
+    ops = tflite_model.op_names(full)
+    assert {"MEAN", "FULLY_CONNECTED", "SOFTMAX"} <= set(ops)
+    # the model cut after MEAN too: its outputs are the 12 channel means themselves, which the
+    # classifier and softmax would blur
+    for name, flatbuffer in (("full", full), ("mean", tflite_graph.truncated(full, ops.index("MEAN")))):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "model_int8.tflite").write_bytes(flatbuffer)
+        x = tflite_model.quantize_inputs(flatbuffer, usps.x_test[:SAMPLES])
+        np.savez(folder / "test_samples.npz", x_int8=x, y=usps.y_test[:SAMPLES])
+        result = run_device(folder / "model_int8.tflite", "qemu-stm32f4", "aot", tmp_path / f"{name}_out")
+        assert result["outputs_match"] == 1.0, name
 
 
 def _dense_kernel_bytes(flatbuffer: bytes):
