@@ -276,15 +276,3 @@ def _is_pruned_kind(layer: tf_keras.layers.Layer) -> bool:
     """Conv2D and Dense layers (not depthwise): the kernels the search prunes."""
     return isinstance(layer, (tf_keras.layers.Conv2D, tf_keras.layers.Dense)) and not isinstance(
         layer, tf_keras.layers.DepthwiseConv2D)
-
-
-def kernel_sparsity(model: tf_keras.Model) -> float:
-    """Fraction of zeros over every Conv2D and Dense kernel of a float (or QAT) model."""
-    zeros = total = 0
-    for layer in model.layers:
-        inner = getattr(layer, "layer", layer)  # a QAT wrapper holds its layer's kernel variable
-        if _is_pruned_kind(inner):
-            k = next(w for w in layer.weights if w.name.endswith(f"{inner.name}/kernel:0")).numpy()
-            zeros += int(np.sum(k == 0))
-            total += k.size
-    return zeros / total if total else 0.0
