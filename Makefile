@@ -6,10 +6,14 @@ PY := $(VENV)/bin/python
 DATASET ?= digits
 TRIALS ?= 20
 EPOCHS ?= 10
+# bench runs without hardware unless BOARD names a real board; search and flash target the real board.
+BENCH_BOARD := $(or $(BOARD),qemu-stm32f4)
 BOARD ?= stm32f413
 OPTIMIZER ?= sparse
 SEED ?= 0
-OUT ?= runs/$(DATASET)-$(BOARD)-$(OPTIMIZER)-e$(EPOCHS)-s$(SEED)
+# One folder under runs/ whatever the dataset: npz:/path/to/my.npz becomes npz-my.
+DATASET_NAME = $(if $(filter npz:%,$(DATASET)),npz-$(basename $(notdir $(DATASET:npz:%=%))),$(DATASET))
+OUT ?= runs/$(DATASET_NAME)-$(BOARD)-$(OPTIMIZER)-e$(EPOCHS)-s$(SEED)
 DATA_DIR ?=
 
 DATA_FLAG := $(if $(DATA_DIR),--data-dir $(DATA_DIR))
@@ -21,7 +25,7 @@ ENGINE ?= aot
 PORT ?=
 SAMPLES ?=
 # make bench/flash write device.json to OUT only when OUT is given, else next to the model.
-DEVICE_FLAGS = --board $(BOARD) --engine $(ENGINE) $(if $(MODEL),--model $(MODEL)) \
+DEVICE_FLAGS = --board $(DEVICE_BOARD) --engine $(ENGINE) $(if $(MODEL),--model $(MODEL)) \
 	$(if $(filter command line environment,$(origin OUT)),--out $(OUT)) $(if $(PORT),--port $(PORT)) \
 	$(if $(SAMPLES),--samples $(SAMPLES)) $(DATA_FLAG)
 
@@ -43,9 +47,11 @@ export: $(VENV)/.installed
 report: $(VENV)/.installed
 	$(PY) -m pipeline report $(RUN)
 
+bench: DEVICE_BOARD = $(BENCH_BOARD)
 bench: $(VENV)/.installed
 	$(PY) -m pipeline device $(DEVICE_FLAGS)
 
+flash: DEVICE_BOARD = $(BOARD)
 flash: $(VENV)/.installed
 	$(PY) -m pipeline device $(DEVICE_FLAGS)
 
@@ -59,7 +65,7 @@ bench-compression: $(VENV)/.installed
 	$(PY) scripts/bench_compression.py $(RUN) $(DATA_FLAG)
 
 bench-aot: $(VENV)/.installed
-	$(PY) scripts/bench_aot.py $(RUN) --board $(BOARD)
+	$(PY) scripts/bench_aot.py $(RUN) --board $(BENCH_BOARD)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -9,8 +9,10 @@ and the same rounding, and written as constants.
 
 Memory plan: one static arena. The operator order is the one that minimises
 the peak of live tensors (`costs.best_schedule`, the same computation as the
-search's WM); each tensor gets an offset by greedy first fit over its
-lifetime, largest first, and reshapes share their input's bytes.
+search's WM); offsets come from `costs.arena_plan`, the same function the
+search budgets with, which places buffers so that the arena equals WM
+whenever its bounded search finds such a placement; reshapes share their
+input's bytes.
 
 Weights: each CONV_2D and FULLY_CONNECTED kernel is stored dense or, when
 smaller, as a per-row bitmap over blocks of 1 to 16 weights plus the values
@@ -161,7 +163,8 @@ def generate(data: bytes, label: str = "model") -> AotModel:
     resources = tflite_model.resource_graph(data)
     wm, order_names = costs.best_schedule(resources)
     order = [int(name.split(":")[0]) for name in order_names]
-    offsets, arena = _plan_memory(graph, order)
+    arena, placed = costs.arena_plan(resources, order_names)
+    offsets = {int(t): offset for t, offset in placed.items()}
     emit = _Emitter(graph, offsets)
     by_index = {op.index: op for op in graph.operators}
     for index in order:
@@ -185,48 +188,6 @@ def write_sources(model: AotModel, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "aot_model.c").write_text(model.source)
     (folder / "aot_model.h").write_text(model.header)
-
-
-def _plan_memory(graph: Graph, order: list[int]) -> tuple[dict[int, int], int]:
-    """Offsets of every activation tensor in one arena; returns (offsets, arena bytes)."""
-    ops = {op.index: op for op in graph.operators}
-    root = {}
-    for op in graph.operators:  # reshapes alias their input
-        if op.name == "RESHAPE":
-            root[op.outputs[0]] = op.inputs[0]
-
-    def find(t: int) -> int:
-        while t in root:
-            t = root[t]
-        return t
-
-    steps = list(order)
-    first: dict[int, int] = {find(t): -1 for t in graph.inputs}
-    last: dict[int, int] = {}
-    for step, index in enumerate(steps):
-        op = ops[index]
-        for t in op.inputs:
-            if t >= 0 and graph.tensors[t].data is None:
-                last[find(t)] = step
-        for t in op.outputs:
-            first.setdefault(find(t), step)
-    for t in graph.outputs:
-        last[find(t)] = len(steps)
-    buffers = sorted(first, key=lambda t: (-graph.tensors[t].size, first[t]))
-    placed: list[tuple[int, int, int, int]] = []  # (offset, end, first, last)
-    offsets: dict[int, int] = {}
-    for t in buffers:
-        size, start, stop = graph.tensors[t].size, first[t], last.get(t, first[t])
-        offset = 0
-        for o, e, f, l in sorted(placed):
-            if f <= stop and start <= l and offset < e and o < offset + size:
-                offset = e
-        placed.append((offset, offset + size, start, stop))
-        offsets[t] = offset
-    for t in list(root):
-        offsets[t] = offsets[find(t)]
-    arena = max((e for _, e, _, _ in placed), default=0)
-    return offsets, arena
 
 
 def _emit_op(emit: _Emitter, op: Operator) -> None:

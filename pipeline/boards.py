@@ -63,3 +63,15 @@ def get_board(name: str) -> Board:
             f"(the rows of {BOARD_FACTS_PATH.name})"
         )
     return boards[name]
+
+
+def emulated_twin(name: str) -> str:
+    """The QEMU board that stands in for board ``name``: itself when emulated, else one with its core."""
+    boards = load_boards()
+    board = get_board(name)
+    if board.emulated:
+        return name
+    twin = next((b for b in boards.values() if b.emulated and b.core == board.core), None)
+    if twin is None:
+        raise UserError(f"no emulated board has {name}'s core {board.core}: run it on the real board")
+    return twin.name

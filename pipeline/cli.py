@@ -15,7 +15,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse that exits with code 2 and a one-line message."""
 
     def error(self, message: str) -> None:  # noqa: D102
-        sys.stderr.write(f"error: {message} (see python -m pipeline {self.prog.split()[-1]} --help)\n")
+        sys.stderr.write(f"error: {message} (see {self.prog} --help)\n")
         raise SystemExit(2)
 
 
@@ -45,12 +45,14 @@ def _parser() -> argparse.ArgumentParser:
                    "(default: the best Pareto model of the latest search under runs/)")
     d.add_argument("--board", default="qemu-stm32f4", help="a row of tflm_project/boards/board_facts.tsv")
     d.add_argument("--engine", default="aot", help="aot (generated C); tflm is not built yet")
-    d.add_argument("--out", default=None, help="where device.json goes (default: the model's folder)")
+    d.add_argument("--out", default=None, help="folder for device.json and the firmware build "
+                   "(default: device-BOARD-ENGINE/ beside the model)")
     d.add_argument("--port", default=None, help="serial port of a real board, e.g. /dev/ttyACM0")
     d.add_argument("--samples", type=int, default=None, help="test inputs to send (default: all exported)")
     d.add_argument("--data-dir", default=None, help="dataset location, if the default model must be exported")
     r = sub.add_parser("report", help="the Pareto models' promised and measured figures as one table")
     r.add_argument("run_dir", metavar="RUN_DIR", help="the --out directory of a search")
+    parser.set_defaults(subparsers=sub.choices)
     return parser
 
 
@@ -69,7 +71,9 @@ def _import_tensorflow_quietly() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Runs the CLI; returns the process exit code."""
-    args = _parser().parse_args(argv)
+    args, unknown = _parser().parse_known_args(argv)
+    if unknown:  # named by the subcommand's parser, so the hint points at its --help
+        args.subparsers[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     faulthandler.enable()  # a crash inside TensorFlow or TFLite Micro names the Python line it came from
     _import_tensorflow_quietly()
     try:
@@ -88,10 +92,10 @@ def main(argv: list[str] | None = None) -> int:
                       f"MS {info['metrics']['model_size_bytes']:,} B, "
                       f"WM {info['metrics']['working_memory_bytes']:,} B")
         elif args.command == "device":
-            from pipeline.device import latest_best_model, run_device
+            from pipeline.device import default_out_dir, latest_best_model, run_device
 
             model = Path(args.model) if args.model else latest_best_model(Path("runs"), args.data_dir)
-            out = Path(args.out) if args.out else model.parent
+            out = Path(args.out) if args.out else default_out_dir(model, args.board, args.engine)
             result = run_device(model, args.board, args.engine, out, port=args.port, samples=args.samples)
             latency = (f"{result['latency_instructions']:,} instructions" if "latency_instructions" in result
                        else f"{result['latency_ms']} ms ({result['latency_cycles']:,} cycles)")

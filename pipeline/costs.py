@@ -25,6 +25,7 @@ from pipeline.architecture import Compression, Node
 KERNEL_BYTES = 1
 BIAS_BYTES = 4
 ACTIVATION_BYTES = 1
+ARENA_SEARCH_NODES = 5000  # placement orders tried when first fit misses WM
 PRUNING_BLOCK = 16  # weights per pruning block along an output row; see pipeline.block_pruning
 
 
@@ -142,6 +143,134 @@ def best_schedule(graph: ResourceGraph) -> tuple[int, list[str]]:
 
     peak, order = solve(frozenset())
     return peak, [ops[i].name for i in order]
+
+
+def arena_plan(graph: ResourceGraph, order: Sequence[str] | None = None,
+               max_nodes: int = ARENA_SEARCH_NODES) -> tuple[int, dict[str, int]]:
+    """Offsets of every activation tensor in one arena, and the arena's size in bytes.
+
+    Each buffer lives from the step that writes it to the last step that
+    reads it (graph inputs from the start, graph outputs to the end), over
+    ``order`` (default: the order of :func:`best_schedule`); reshapes share
+    their input's buffer. Buffers alive at the same step may not overlap, so
+    the arena is at least WM, the peak of live bytes over that order. First
+    it tries to fit every buffer within exactly WM bytes, each as low or as
+    high as it fits (a chain of layers always fits so); failing that, first
+    fit under a few orderings, then a bounded branch and bound over
+    placement orders (each buffer at the lowest offset that fits, which is
+    complete for this problem) looks for the smallest arena. Returns
+    (arena bytes, offset of every tensor).
+    """
+    if order is None:
+        order = best_schedule(graph)[1]
+    root = _alias_roots(graph)
+    ops = {op.name: op for op in graph.ops}
+    first = {root[t]: -1 for t in graph.inputs}
+    last: dict[str, int] = {}
+    for step, name in enumerate(order):
+        for t in ops[name].inputs:
+            last[root[t]] = step
+        first.setdefault(root[ops[name].output], step)
+    for t in graph.outputs:
+        last[root[t]] = len(order)
+    buffers = [_Buffer(t, graph.tensor_bytes[t], first[t], last.get(t, first[t])) for t in first]
+    peak = max(sum(b.size for b in buffers if b.start <= step <= b.stop) for step in range(-1, len(order) + 1))
+    arena, offsets = _place(buffers, peak, max_nodes)
+    return arena, {t: offsets[root[t]] for t in graph.tensor_bytes if root[t] in offsets}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Buffer:
+    name: str
+    size: int
+    start: int
+    stop: int
+
+    def overlaps(self, other: _Buffer) -> bool:
+        return self.start <= other.stop and other.start <= self.stop
+
+
+def _lowest_offset(buffer: _Buffer, placed: list[tuple[int, _Buffer]]) -> int:
+    """The lowest offset where ``buffer`` overlaps no placed buffer alive at the same time."""
+    offset = 0
+    for start, other in sorted(((o, b) for o, b in placed if b.overlaps(buffer)), key=lambda p: p[0]):
+        if start >= offset + buffer.size:
+            break
+        offset = max(offset, start + other.size)
+    return offset
+
+
+def _highest_offset(buffer: _Buffer, placed: list[tuple[int, _Buffer]], top: int) -> int:
+    """The highest offset at most ``top - size`` where ``buffer`` overlaps no live placed buffer (may be < 0)."""
+    mirrored = [(top - o - b.size, b) for o, b in placed]
+    return top - buffer.size - _lowest_offset(buffer, mirrored)
+
+
+def _two_sided(buffers: list[_Buffer], top: int, max_nodes: int) -> dict[str, int] | None:
+    """Offsets within exactly ``top`` bytes, each buffer in birth order put as low or as high as it fits.
+
+    A chain of layers then alternates between the bottom and the top of the
+    arena ("ping-pong"), which always fits in its WM; branches are handled
+    by backtracking over the two choices, up to ``max_nodes`` steps.
+    """
+    ordered = sorted(buffers, key=lambda b: (b.start, -b.size))
+    nodes = [0]
+
+    def search(i: int, placed: list[tuple[int, _Buffer]]) -> list[tuple[int, _Buffer]] | None:
+        if i == len(ordered):
+            return placed
+        nodes[0] += 1
+        if nodes[0] > max_nodes:
+            return None
+        b = ordered[i]
+        for offset in dict.fromkeys((_lowest_offset(b, placed), _highest_offset(b, placed, top))):
+            if 0 <= offset <= top - b.size:
+                found = search(i + 1, placed + [(offset, b)])
+                if found is not None:
+                    return found
+        return None
+
+    found = search(0, [])
+    return None if found is None else {b.name: o for o, b in found}
+
+
+def _place(buffers: list[_Buffer], lower_bound: int, max_nodes: int) -> tuple[int, dict[str, int]]:
+    exact = _two_sided(buffers, lower_bound, max_nodes)
+    if exact is not None:
+        return lower_bound, exact
+    best: list = [None, {}]
+
+    def first_fit(sequence: list[_Buffer]) -> None:
+        placed: list[tuple[int, _Buffer]] = []
+        for b in sequence:
+            placed.append((_lowest_offset(b, placed), b))
+        top = max((o + b.size for o, b in placed), default=0)
+        if best[0] is None or top < best[0]:
+            best[0], best[1] = top, {b.name: o for o, b in placed}
+
+    for key in (lambda b: (-b.size, b.start), lambda b: (b.start, -b.size),
+                lambda b: (-(b.stop - b.start), -b.size), lambda b: (-b.size * (b.stop - b.start + 1), b.start)):
+        first_fit(sorted(buffers, key=key))
+        if best[0] == lower_bound:
+            return best[0], best[1]
+    nodes = [0]
+
+    def search(placed: list[tuple[int, _Buffer]], rest: list[_Buffer], top: int) -> None:
+        if best[0] == lower_bound or nodes[0] >= max_nodes:
+            return
+        nodes[0] += 1
+        if not rest:
+            best[0], best[1] = top, {b.name: o for o, b in placed}
+            return
+        moves = sorted(((_lowest_offset(b, placed), -b.size, i) for i, b in enumerate(rest)))
+        for offset, _, i in moves:
+            b = rest[i]
+            if max(top, offset + b.size) >= best[0]:
+                continue
+            search(placed + [(offset, b)], rest[:i] + rest[i + 1:], max(top, offset + b.size))
+
+    search([], list(buffers), 0)
+    return best[0], best[1]
 
 
 def _alias_roots(graph: ResourceGraph) -> dict[str, str]:

@@ -46,6 +46,7 @@ MNIST_SHA256 = {
 }
 DATASETS = ("digits", "usps", "usps2", "mnist", "mnist2", "cifar10", "cifar10-2", "npz:PATH")
 CIFAR_VEHICLES = (0, 1, 8, 9)
+MIN_NPZ_SAMPLES = {"train": 10, "test": 1}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,11 +137,40 @@ def _load_npz(path: Path) -> tuple[np.ndarray, ...]:
         if x.ndim not in (3, 4) or y.ndim != 1 or len(x) != len(y) or not np.issubdtype(y.dtype, np.integer):
             raise UserError(f"npz dataset {str(path)!r}: x_{split} {x.shape} and y_{split} {y.shape} "
                             f"({y.dtype}) do not fit: expected images (N,H,W[,C]) and N integer labels")
+        least = MIN_NPZ_SAMPLES[split]
+        if len(x) < least:
+            raise UserError(f"npz dataset {str(path)!r}: x_{split} has {len(x)} images, expected at least "
+                            f"{least} (the {split} split{' also gives the validation split' * (split == 'train')})")
+        if x.ndim == 4 and x.shape[1] in (1, 3, 4) and x.shape[3] not in (1, 3, 4):
+            raise UserError(f"npz dataset {str(path)!r}: x_{split} {x.shape} looks channels-first (N,C,H,W); "
+                            "expected channels-last (N,H,W,C) or (N,H,W): convert with np.moveaxis(x, 1, -1)")
+        if x.ndim == 4 and x.shape[3] > 4:
+            raise UserError(f"npz dataset {str(path)!r}: x_{split} {x.shape} has {x.shape[3]} channels; "
+                            "expected images (N,H,W) or (N,H,W,C) with C of 1 to 4")
+        if not np.all(np.isfinite(x)):
+            raise UserError(f"npz dataset {str(path)!r}: x_{split} holds NaN or infinite pixels; "
+                            "expected finite values (uint8 0..255 or floats in [0, 1])")
         out += [_images(x), y.astype(np.int64)]
     if out[0].shape[1:] != out[2].shape[1:]:
         raise UserError(f"npz dataset {str(path)!r}: train images {out[0].shape[1:]} and test images "
                         f"{out[2].shape[1:]} differ in shape")
+    _check_labels(path, out[1], out[3])
     return tuple(out)
+
+
+def _check_labels(path: Path, y_train: np.ndarray, y_test: np.ndarray) -> None:
+    """Labels must be the class numbers 0..K-1, every class in the training split."""
+    present = np.unique(y_train)
+    classes = len(present)
+    if classes < 2 or present[0] != 0 or present[-1] != classes - 1:
+        shown = ", ".join(str(v) for v in present[:8]) + (", ..." if classes > 8 else "")
+        raise UserError(f"npz dataset {str(path)!r}: y_train holds the labels {shown} ({classes} distinct); "
+                        "expected the class numbers 0..K-1 with K >= 2, each present: renumber them with "
+                        "np.unique(y, return_inverse=True)[1]")
+    stray = np.setdiff1d(np.unique(y_test), present)
+    if len(stray):
+        raise UserError(f"npz dataset {str(path)!r}: y_test holds labels {', '.join(map(str, stray[:8]))} "
+                        f"that y_train lacks; expected labels 0..{classes - 1}, as in the training split")
 
 
 def _load_digits() -> tuple[np.ndarray, ...]:

@@ -8,6 +8,7 @@ timeout, so a silent or wrong port fails within a bounded time.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import re
 import subprocess
@@ -20,7 +21,7 @@ import numpy as np
 
 from pipeline import firmware, tflite_model
 from pipeline.boards import Board, get_board
-from pipeline.errors import UserError
+from pipeline.errors import UserError, ensure_directory
 
 BAUD = 115200
 READY_TIMEOUT_S = 20.0
@@ -28,6 +29,11 @@ REPLY_TIMEOUT_S = 60.0
 FLASH_TIMEOUT_S = 120
 RESULT = re.compile(r"^RESULT ticks=(\d+) out=([0-9a-f]*)$")
 STATS = re.compile(r"^STATS stack=(\d+) arena=(\d+)$")
+
+
+def default_out_dir(model_path: Path, board_name: str, engine: str) -> Path:
+    """Where a model's result on one board with one engine goes: beside the model, one folder each."""
+    return model_path.parent / f"device-{board_name}-{engine}"
 
 
 def run_device(model_path: Path, board_name: str, engine: str, out_dir: Path, port: str | None = None,
@@ -38,7 +44,8 @@ def run_device(model_path: Path, board_name: str, engine: str, out_dir: Path, po
         raise UserError(f"unknown engine {engine!r}: expected one of {', '.join(firmware.ENGINES)}")
     data = tflite_model.read_tflite(model_path)
     inputs, labels = _test_samples(model_path, samples)
-    build = firmware.build(data, board, engine, out_dir / f"firmware-{board.name}-{engine}", str(model_path))
+    ensure_directory(out_dir, "--out")
+    build = firmware.build(data, board, engine, out_dir / "firmware", str(model_path))
     with _connect(board, build, port) as link:
         _wait_ready(link, board)
         ticks, outputs = [], []
@@ -60,6 +67,7 @@ def run_device(model_path: Path, board_name: str, engine: str, out_dir: Path, po
     mean_ticks = float(np.mean(ticks))
     result: dict[str, Any] = {
         "board": board.name, "engine": engine, "model": str(model_path),
+        "model_sha256": hashlib.sha256(data).hexdigest(),
         "flash_bytes": build.flash_bytes, "ram_bytes": build.data_bytes + build.bss_bytes + stack,
         "arena_bytes": int(stats.group(2)),
     }
@@ -77,7 +85,6 @@ def run_device(model_path: Path, board_name: str, engine: str, out_dir: Path, po
         "working_memory_bytes": build.model.working_memory_bytes,
         "latency_unit": "instructions (QEMU -icount shift=0, not cycles)" if board.emulated else "cycles",
     })
-    out_dir.mkdir(parents=True, exist_ok=True)
     partial = out_dir / "device.json.partial"
     partial.write_text(json.dumps(result, indent=2) + "\n")
     partial.replace(out_dir / "device.json")
@@ -191,7 +198,8 @@ def latest_best_model(runs_dir: Path, data_dir: str | None = None) -> Path:
     from pipeline.export import export_run, load_run
     from pipeline.results import best_trial
 
-    summaries = sorted(runs_dir.glob("*/pareto.json"), key=lambda p: p.stat().st_mtime)
+    summaries = sorted((p for p in runs_dir.rglob("pareto.json") if (p.parent / "run.json").is_file()),
+                       key=lambda p: p.stat().st_mtime)
     if not summaries:
         raise UserError(f"no finished search under {runs_dir}/: run make search first, or pass MODEL=")
     run_dir = summaries[-1].parent
@@ -199,7 +207,7 @@ def latest_best_model(runs_dir: Path, data_dir: str | None = None) -> Path:
     best = best_trial(rows)
     if best is None:
         raise UserError(f"the latest search {run_dir} has no Pareto model: pass MODEL=")
-    model = run_dir / "models" / str(best["trial_id"]) / "model_int8.tflite"
+    model = run_dir / "models" / best["trial_id"] / "model_int8.tflite"
     if not model.is_file():
-        export_run(run_dir, str(best["trial_id"]), data_dir=data_dir)
+        export_run(run_dir, best["trial_id"], data_dir=data_dir)
     return model

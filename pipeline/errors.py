@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 
 class UserError(Exception):
@@ -23,3 +24,18 @@ def run_script(main: Callable[[], int]) -> None:
         sys.stderr.write(f"error: {exc}\n")
         code = exc.exit_code
     raise SystemExit(code)
+
+
+def ensure_directory(path: Path, flag: str) -> Path:
+    """Makes ``path`` (and its parents) a writable directory; UserError naming ``flag`` otherwise."""
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{flag} {str(path)!r} is a file: give a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"{flag} {str(path)!r} cannot be written ({exc.strerror or exc}): "
+                        "give a directory you can write to") from None
+    return path

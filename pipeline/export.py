@@ -24,6 +24,7 @@ import numpy as np
 
 from pipeline import tflite_model
 from pipeline.errors import UserError
+from pipeline.results import same_trial, trial_sort_key
 
 DEVICE_SAMPLES = 100
 
@@ -35,13 +36,14 @@ def load_run(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         raise UserError(f"{str(run_dir)!r} is not a search output directory (no run.json and trials.csv): "
                         "give the --out of a finished `python -m pipeline search`")
     with trials_file.open(newline="") as f:
-        rows = [{k: _parse(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        rows = [{k: v if k == "trial_id" else _parse(v) for k, v in row.items()} for row in csv.DictReader(f)]
     return json.loads(run_file.read_text()), rows
 
 
 def pareto_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The Pareto trials of a run's rows, smallest model first."""
-    return sorted((r for r in rows if r["pareto"]), key=lambda r: r["model_size_bytes"])
+    return sorted((r for r in rows if r["pareto"]),
+                  key=lambda r: (r["model_size_bytes"], trial_sort_key(r["trial_id"])))
 
 
 def _parse(text: str) -> Any:
@@ -64,19 +66,21 @@ def export_run(run_dir: Path, trial_id: str | None = None, data_dir: str | None 
     from pipeline.datasets import load_dataset
 
     run, rows = load_run(run_dir)
-    by_id = {str(r["trial_id"]): r for r in rows}
+    trained = [r["trial_id"] for r in rows if r["status"] == "trained"]
     if trial_id is not None:
-        row = by_id.get(str(trial_id))
-        trained = sorted((k for k, r in by_id.items() if r["status"] == "trained"), key=_numeric)
+        row = next((r for r in rows if same_trial(str(trial_id), r["trial_id"])), None)
         if row is None or row["status"] != "trained":
             raise UserError(f"trial {trial_id!r} of {run_dir} has no trained model: expected one of "
-                            f"{', '.join(trained) or '(none trained yet)'}")
+                            f"{', '.join(trained) or '(none trained yet: run more trials)'}")
         chosen = [row]
     else:
         chosen = [r for r in rows if r["pareto"]]
+        if not chosen and trained:
+            raise UserError(f"{run_dir} has no Pareto model (no trained trial fits the budget): run more "
+                            f"trials, or export a trained one with --trial ID ({', '.join(trained)})")
         if not chosen:
-            raise UserError(f"{run_dir} has no Pareto model yet (no feasible trained trial): "
-                            "run more trials, or export one with --trial ID")
+            raise UserError(f"{run_dir} has no trained model yet (every trial was infeasible or failed; "
+                            f"see {run_dir / 'trials.csv'}): run more trials or relax the budget")
     data = load_dataset(run["dataset"], data_dir)
     written = []
     for row in chosen:
@@ -84,12 +88,8 @@ def export_run(run_dir: Path, trial_id: str | None = None, data_dir: str | None 
     return written
 
 
-def _numeric(trial_id: str) -> tuple[int, str]:
-    return (int(trial_id), "") if trial_id.isdigit() else (1 << 30, trial_id)
-
-
 def _export_trial(run_dir: Path, run: dict[str, Any], row: dict[str, Any], data, samples: int) -> Path:
-    trial_id = str(row["trial_id"])
+    trial_id = row["trial_id"]
     source = run_dir / "search" / f"trial_{trial_id}" / "model_int8.tflite"
     model = tflite_model.read_tflite(source)
     target = run_dir / "models" / trial_id

@@ -23,9 +23,98 @@ import keras_tuner
 import numpy as np
 from keras_tuner.engine import trial as trial_module
 
+from pipeline.errors import UserError
+
 # values -> {"model_size_bytes": .., "working_memory_bytes": .., "feasible": bool}
 CostFunction = Callable[[Mapping[str, Any]], dict]
 OBJECTIVES = ("error", "model_size", "working_memory")
+MAX_SEED = 2**32 - 1
+
+
+def check_seed(seed: int) -> int:
+    """Returns ``seed`` when it is a whole number from 0 to 2^32 - 1; UserError otherwise."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise UserError(f"--seed {seed} is not allowed: give a whole number from 0 to {MAX_SEED:,}")
+    return seed
+
+
+class ReproducibleOracle(keras_tuner.Oracle):
+    """What every optimiser of ours adds to a keras-tuner Oracle.
+
+    * The seed given is the seed used. keras-tuner does ``seed or random``,
+      so seed 0 became a different random seed every run; here it is pinned
+      after the base class has run (and, for keras-tuner's Bayesian oracle,
+      its random state and GP are made again from it).
+    * Trial ids are plain decimal strings ("0", "1", ... "19"), whatever
+      ``max_trials`` is. keras-tuner pads them to the width of max_trials,
+      so a resumed search with more trials mixed "3" and "05". A run whose
+      ids are already padded (made before this rule) keeps its width.
+    * A trial that ends the search (too many consecutive failures) is still
+      recorded as ended: keras-tuner raises before it saves the trial.
+    """
+
+    def __init__(self, *args, seed: int = 0, **kwargs):
+        super().__init__(*args, seed=check_seed(seed), **kwargs)
+        self.seed = self._seed_state = seed
+        if hasattr(self, "_make_gpr"):  # keras_tuner.oracles.BayesianOptimizationOracle
+            self._random_state = np.random.RandomState(seed)
+            self.gpr = self._make_gpr()
+
+    def next_trial_id(self) -> str:
+        """The id the next new trial gets."""
+        width = max((len(t) for t in self.trials if len(t) > 1 and t.startswith("0")), default=1)
+        return f"{len(self.trials):0{width}d}"
+
+    @keras_tuner.synchronized
+    def create_trial(self, tuner_id: str) -> trial_module.Trial:
+        """keras-tuner's create_trial with our trial ids (see the class docstring)."""
+        if tuner_id in self.ongoing_trials:
+            return self.ongoing_trials[tuner_id]
+        self.tuner_ids.add(tuner_id)
+        if self._retry_queue:
+            return super().create_trial(tuner_id)
+        trial_id = self.next_trial_id()
+        if self.max_trials and len(self.trials) >= self.max_trials:
+            response = {"status": trial_module.TrialStatus.STOPPED, "values": None}
+        else:
+            response = self.populate_space(trial_id)
+        hyperparameters = self.hyperparameters.copy()
+        hyperparameters.values = response.get("values") or {}
+        trial = trial_module.Trial(hyperparameters=hyperparameters, trial_id=trial_id,
+                                   status=response["status"])
+        if trial.status == trial_module.TrialStatus.RUNNING:
+            self._record_values(trial)
+            self.ongoing_trials[tuner_id] = trial
+            self.trials[trial_id] = trial
+            self.start_order.append(trial_id)
+            self._save_trial(trial)
+            self.save()
+            self._display.on_trial_begin(trial)
+        elif trial.status == trial_module.TrialStatus.STOPPED:
+            self.tuner_ids.remove(tuner_id)
+        return trial
+
+    @keras_tuner.synchronized
+    def end_trial(self, trial: trial_module.Trial) -> None:
+        """keras-tuner's end_trial; when it stops the search, the trial is saved as ended first."""
+        try:
+            super().end_trial(trial)
+        except RuntimeError:
+            ended = self.trials[trial.trial_id]
+            self._save_trial(ended)
+            self.save()
+            for tuner_id, ongoing in list(self.ongoing_trials.items()):
+                if ongoing.trial_id == ended.trial_id:
+                    self.ongoing_trials.pop(tuner_id)
+            raise
+
+
+class RandomOracle(ReproducibleOracle, keras_tuner.oracles.RandomSearchOracle):
+    """keras-tuner's random search with our seed, trial ids and failure records."""
+
+
+class KerasTunerBayesianOracle(ReproducibleOracle, keras_tuner.oracles.BayesianOptimizationOracle):
+    """keras-tuner's BayesianOptimization with our seed, trial ids and failure records."""
 
 
 def normalised_objectives(error: float, model_size_bytes: float, working_memory_bytes: float,
@@ -36,7 +125,7 @@ def normalised_objectives(error: float, model_size_bytes: float, working_memory_
             "working_memory": math.log(max(working_memory_bytes, 1)) / math.log(max_ram)}
 
 
-class SparseOracle(keras_tuner.Oracle):
+class SparseOracle(ReproducibleOracle):
     """Random-scalarisation Bayesian optimisation with exact resource objectives.
 
     Args:
@@ -46,7 +135,7 @@ class SparseOracle(keras_tuner.Oracle):
         num_initial_points: random feasible trials before the surrogate is used.
         num_candidates: random feasible candidates scored per proposal.
         kappa: exploration weight of the lower confidence bound on the error.
-        **kwargs: passed to keras_tuner.Oracle (max_trials, seed, ...).
+        **kwargs: passed to ReproducibleOracle (max_trials, seed, ...).
     """
 
     def __init__(self, cost_fn: CostFunction, max_flash: int, max_ram: int,

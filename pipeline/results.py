@@ -19,15 +19,26 @@ from pipeline.space import hyperparameter_names
 
 METRIC_COLUMNS = ("accuracy", "int8_accuracy", "float_accuracy", "model_size_bytes",
                   "working_memory_bytes", "analytical_model_size_bytes",
-                  "analytical_working_memory_bytes", "sparsity", "flatbuffer_bytes", "arena_bytes")
+                  "analytical_working_memory_bytes", "aot_arena_bytes", "sparsity", "flatbuffer_bytes",
+                  "arena_bytes")
 PARETO_OBJECTIVES = ("error", "model_size_bytes", "working_memory_bytes")
 HYPERVOLUME_REFERENCE = {"error": 1.0, "model_size": 1.0, "working_memory": 1.0}
 
 
+def trial_sort_key(trial_id: str) -> tuple[int, str]:
+    """Orders trial ids by number ("2" before "10"), any non-numeric id last."""
+    return (int(trial_id), trial_id) if trial_id.isdigit() else (1 << 62, trial_id)
+
+
+def same_trial(given: str, trial_id: str) -> bool:
+    """True when a user's trial id names ``trial_id``: as written, or as the same number ("00" is "0")."""
+    return given == trial_id or (given.isdigit() and trial_id.isdigit() and int(given) == int(trial_id))
+
+
 def trial_rows(oracle) -> list[dict[str, Any]]:
-    """One row per ended trial, in trial-id order, with the pareto column filled in."""
+    """One row per ended trial, in numeric trial-id order, with the pareto column filled in."""
     rows = []
-    for trial_id in sorted(oracle.trials):
+    for trial_id in sorted(oracle.trials, key=trial_sort_key):
         trial = oracle.trials[trial_id]
         if trial.status not in (trial_module.TrialStatus.COMPLETED, trial_module.TrialStatus.FAILED,
                                 trial_module.TrialStatus.INVALID):

@@ -7,14 +7,15 @@ from pathlib import Path
 from typing import Any
 
 import keras_tuner
+import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from tqdm import tqdm
 
 from pipeline.boards import get_board
 from pipeline.builder import SparseHyperModel
 from pipeline.datasets import load_dataset
-from pipeline.errors import UserError
-from pipeline.oracle import SparseOracle
+from pipeline.errors import UserError, ensure_directory
+from pipeline.oracle import KerasTunerBayesianOracle, RandomOracle, SparseOracle, check_seed
 from pipeline.results import best_trial, front_hypervolume, write_results
 from pipeline.tuner import Budget, SparseTuner, analytical_costs
 
@@ -33,12 +34,16 @@ def run_search(dataset: str, trials: int, epochs: int, board: str, optimizer: st
     for name, value in (("trials", trials), ("epochs", epochs)):
         if value < 1:
             raise UserError(f"--{name} {value} is not allowed: give a whole number of at least 1")
+    check_seed(seed)
     spec = get_board(board)
-    run = {"dataset": dataset, "board": board, "max_ram": max_ram or spec.ram_bytes,
-           "max_flash": max_flash or spec.flash_bytes, "optimizer": optimizer, "seed": seed,
-           "epochs": epochs}
-    _claim_output_dir(out, run)
     data = load_dataset(dataset, data_dir)
+    run = {"dataset": dataset, "board": board,
+           "max_ram": _budget("--max-ram", max_ram, spec.ram_bytes, int(np.prod(data.input_shape)),
+                              "RAM", spec.name, "the input image alone needs"),
+           "max_flash": _budget("--max-flash", max_flash, spec.flash_bytes, 2, "flash", spec.name,
+                                "the log-scaled size objective needs"),
+           "optimizer": optimizer, "seed": seed, "epochs": epochs}
+    _claim_output_dir(out, run)
     budget = Budget(run["max_ram"], run["max_flash"])
     oracle = _make_oracle(optimizer, trials, seed, data, budget)
     (out / RUN_FILE).write_text(json.dumps(run, indent=2) + "\n")
@@ -66,6 +71,7 @@ def run_search(dataset: str, trials: int, epochs: int, board: str, optimizer: st
     except RuntimeError as exc:
         if "consecutive failures" not in str(exc):
             raise
+        write_results(out, tuner.oracle, run)
         bar.close()
         raise UserError(f"the search stopped after {MAX_CONSECUTIVE_FAILURES} consecutive failed trials "
                         f"(last: {str(exc).strip().splitlines()[-1]}); see {out / 'trials.csv'}") from None
@@ -86,10 +92,20 @@ def _progress(rows: list[dict[str, Any]], run: dict[str, Any]) -> str:
             f"WM {best['working_memory_bytes']:,} B, hypervolume {hv:.4f} (ref 1,1,1)")
 
 
+def _budget(flag: str, value: int | None, board_bytes: int, least: int, what: str, board: str,
+            why: str) -> int:
+    """A RAM or flash budget: the board's own when not given, else checked against the board."""
+    if value is None:
+        return board_bytes
+    if not least <= value <= board_bytes:
+        raise UserError(f"{flag} {value} is not allowed: give a whole number of bytes from {least:,} "
+                        f"({why}) to {board_bytes:,} ({board}'s {what}), or leave it out for the board's")
+    return value
+
+
 def _claim_output_dir(out: Path, run: dict[str, Any]) -> None:
     """Refuses an output directory that holds a different search or something else."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {str(out)!r} is a file: give a directory for the search results")
+    ensure_directory(out, "--out")
     existing = out / RUN_FILE
     if existing.is_file():
         old = json.loads(existing.read_text())
@@ -101,7 +117,6 @@ def _claim_output_dir(out: Path, run: dict[str, Any]) -> None:
     elif out.is_dir() and any(out.iterdir()):
         raise UserError(f"--out {str(out)!r} is not empty and holds no {RUN_FILE}: "
                         "choose a new or empty directory")
-    out.mkdir(parents=True, exist_ok=True)
 
 
 def _make_oracle(optimizer: str, trials: int, seed: int, data, budget: Budget):
@@ -111,7 +126,6 @@ def _make_oracle(optimizer: str, trials: int, seed: int, data, budget: Budget):
         return SparseOracle(lambda v: analytical_costs(v, data.input_shape, data.num_classes, budget),
                             budget.max_flash, budget.max_ram, **common)
     if optimizer == "random":
-        return keras_tuner.oracles.RandomSearchOracle(
-            objective=keras_tuner.Objective("error", "min"), **common)
-    return keras_tuner.oracles.BayesianOptimizationOracle(
+        return RandomOracle(objective=keras_tuner.Objective("error", "min"), **common)
+    return KerasTunerBayesianOracle(
         objective=keras_tuner.Objective("weighted_sum", "min"), num_initial_points=3, **common)

@@ -32,6 +32,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 import tf_keras
 
@@ -82,7 +83,12 @@ class TrainingSettings:
 
 def train_candidate(arch: Architecture, compression: Compression, settings: TrainingSettings,
                     x: np.ndarray, y: np.ndarray, seed: int) -> tf_keras.Model:
-    """Trains, channel-prunes and block-prunes one candidate; returns its float model in shipped form."""
+    """Trains, channel-prunes and block-prunes one candidate; returns its float model in shipped form.
+
+    The same seed gives the same weights on the same machine: every random
+    generator is seeded and TensorFlow's ops run deterministically.
+    """
+    tf.config.experimental.enable_op_determinism()
     tf_keras.utils.set_random_seed(seed)
     structured = any(k < 1.0 for k in compression.block_channel_keep)
     gates = _gate_costs(arch, compression) if structured else {}

@@ -43,15 +43,23 @@ def analytical_costs(values: Mapping[str, Any], input_shape: tuple[int, int, int
     """Exact MS and WM of a candidate after its pruning targets, and whether it fits the budget.
 
     Constraints follow Optuna's convention (<= 0 is feasible): MS - flash
-    budget and WM - RAM budget.
+    budget and arena - RAM budget, where the arena is what the AOT engine
+    allocates (:func:`pipeline.costs.arena_plan`, at least WM); it is only
+    worked out when WM itself fits.
     """
     arch, compression = decode(values, input_shape, num_classes)
     graph = costs.graph_from_plan(plan(arch.with_channel_keep(compression.block_channel_keep)),
                                   compression)
+    return resource_costs(graph, budget)
+
+
+def resource_costs(graph: costs.ResourceGraph, budget: Budget) -> dict:
+    """MS, WM and the AOT arena of a resource graph, with constraints against the budget."""
     ms, wm = costs.model_size_bytes(graph), costs.working_memory_bytes(graph)
-    constraints = (ms - budget.max_flash, wm - budget.max_ram)
-    return {"model_size_bytes": ms, "working_memory_bytes": wm, "constraints": constraints,
-            "feasible": all(c <= 0 for c in constraints)}
+    arena = costs.arena_plan(graph)[0] if wm <= budget.max_ram else wm
+    constraints = (ms - budget.max_flash, arena - budget.max_ram)
+    return {"model_size_bytes": ms, "working_memory_bytes": wm, "aot_arena_bytes": arena,
+            "constraints": constraints, "feasible": all(c <= 0 for c in constraints)}
 
 
 class SparseTuner(base_tuner.BaseTuner):
@@ -92,10 +100,13 @@ class SparseTuner(base_tuner.BaseTuner):
             trial.status = trial_module.TrialStatus.FAILED
             trial.message = str(exc)
 
-    def on_trial_end(self, trial) -> None:  # noqa: D102
-        super().on_trial_end(trial)
-        if self.on_trial_done:
-            self.on_trial_done()
+    def on_trial_end(self, trial) -> None:
+        """Ends the trial in the oracle, then rewrites the results, even when the oracle stops the search."""
+        try:
+            super().on_trial_end(trial)
+        finally:
+            if self.on_trial_done:
+                self.on_trial_done()
 
     def run_trial(self, trial, *args, **kwargs) -> dict[str, float]:
         """Trains and measures one candidate; returns named metrics for the oracle."""
@@ -111,7 +122,7 @@ class SparseTuner(base_tuner.BaseTuner):
             arch, compression = decode(values, data.input_shape, data.num_classes)
             settings = TrainingSettings.from_values(values, self.epochs)
             model = train_candidate(arch, compression, settings, data.x_train, data.y_train,
-                                    seed=self.seed + int(trial.trial_id))
+                                    seed=(self.seed + int(trial.trial_id)) % 2**32)
             float_accuracy = float(model.evaluate(data.x_val, data.y_val, verbose=0)[1])
             flatbuffer = tflite_model.convert_int8(model, data.x_train, seed=self.seed)
             (trial_dir / MODEL_FILE).write_bytes(flatbuffer)
@@ -128,10 +139,10 @@ class SparseTuner(base_tuner.BaseTuner):
         except Exception as exc:  # a degenerate candidate: record why and go on
             raise FailedTrialError(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
         int8_accuracy = float(np.mean(outputs.argmax(axis=1) == data.y_val))
-        graph = tflite_model.resource_graph(flatbuffer)
-        ms, wm = costs.model_size_bytes(graph), costs.working_memory_bytes(graph)
-        feasible = ms <= self.budget.max_flash and wm <= self.budget.max_ram
-        return self._metrics(1.0 - int8_accuracy, ms, wm, feasible=feasible,
+        measured = resource_costs(tflite_model.resource_graph(flatbuffer), self.budget)
+        ms, wm = measured["model_size_bytes"], measured["working_memory_bytes"]
+        return self._metrics(1.0 - int8_accuracy, ms, wm, feasible=measured["feasible"],
+                             aot_arena_bytes=measured["aot_arena_bytes"],
                              seconds=time.monotonic() - started, float_accuracy=float_accuracy,
                              int8_accuracy=int8_accuracy, sparsity=tflite_model.kernel_sparsity(flatbuffer),
                              flatbuffer_bytes=len(flatbuffer), arena_bytes=arena,

@@ -24,7 +24,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pipeline  # noqa: E402,F401
-from pipeline.device import run_device  # noqa: E402
+from pipeline.boards import emulated_twin  # noqa: E402
+from pipeline.device import default_out_dir, run_device  # noqa: E402
 from pipeline.errors import UserError, run_script  # noqa: E402
 from pipeline.export import load_run, pareto_rows  # noqa: E402
 
@@ -36,8 +37,7 @@ def main() -> int:
     parser.add_argument("--board", default="qemu-stm32f4")
     parser.add_argument("--samples", type=int, default=20)
     args = parser.parse_args()
-    if args.board in ("stm32f413", "microbit"):  # the Makefile's search default is a real board
-        args.board = f"qemu-{'stm32f4' if args.board == 'stm32f413' else 'microbit'}"
+    args.board = emulated_twin(args.board)  # a run's board may be real hardware: bench its QEMU twin
     _, rows = load_run(args.run_dir)
     print(f"AOT engine on {args.board}, Pareto models of {args.run_dir}, {args.samples} test inputs each\n")
     print("| trial | sparsity | MS bytes | AOT weights bytes | weights / MS | WM bytes | arena bytes "
@@ -45,12 +45,13 @@ def main() -> int:
           "| outputs match |")
     print("|---|" * 1 + "---|" * 12)
     for row in pareto_rows(rows):
-        model = args.run_dir / "models" / str(row["trial_id"]) / "model_int8.tflite"
+        model = args.run_dir / "models" / row["trial_id"] / "model_int8.tflite"
         if not model.is_file():
             print(f"| {row['trial_id']} | not exported: run make export RUN={args.run_dir} |")
             continue
         try:
-            r = run_device(model, args.board, "aot", model.parent / f"bench-{args.board}", samples=args.samples)
+            r = run_device(model, args.board, "aot", default_out_dir(model, args.board, "aot"),
+                           samples=args.samples)
         except UserError as exc:
             print(f"| {row['trial_id']} | {exc} |")
             continue

@@ -1,8 +1,11 @@
 """MS and WM against figures computed by hand (int8 weights 1 B, int32 biases 4 B, activations 1 B)."""
 from __future__ import annotations
 
+import random
+
 from pipeline.architecture import decode, plan
-from pipeline.costs import graph_from_plan, model_size_bytes, working_memory_bytes
+from pipeline.costs import (GraphOp, ResourceGraph, arena_plan, best_schedule, graph_from_plan,
+                            model_size_bytes, working_memory_bytes)
 
 
 def _costs(values: dict, shape=(16, 16, 1), classes=10, pruned=False):
@@ -51,3 +54,57 @@ def test_downsampled_conv_and_pruning_targets(base_values):
     # weights, + 8 biases; classifier 10 rows of 512 = 320 blocks of 16, 80 kept = 1280 + 40
     # WM: 3x3 conv reads the 16x16x4 reduction (1024) and writes 16x16x8 (2048)
     assert _costs(v, pruned=True) == (2 + 192 + 32 + 1280 + 40, 3072)
+
+
+def _chain(sizes: list[int]) -> ResourceGraph:
+    ops = tuple(GraphOp(f"op{i}", (f"t{i}",), f"t{i + 1}") for i in range(len(sizes) - 1))
+    return ResourceGraph(ops, {f"t{i}": s for i, s in enumerate(sizes)}, ("t0",), (f"t{len(sizes) - 1}",))
+
+
+def _assert_valid_placement(graph: ResourceGraph, arena: int, offsets: dict[str, int]) -> None:
+    """No two buffers alive at one step share a byte, and every buffer lies inside the arena."""
+    order = best_schedule(graph)[1]
+    ops = {op.name: op for op in graph.ops}
+    born = {t: -1 for t in graph.inputs} | {ops[name].output: i for i, name in enumerate(order)}
+    dies = {t: len(order) for t in graph.outputs}
+    for i, name in enumerate(order):
+        for t in ops[name].inputs:
+            dies[t] = max(dies.get(t, i), i)
+    for a in born:
+        assert 0 <= offsets[a] and offsets[a] + graph.tensor_bytes[a] <= arena
+        for b in born:
+            alive_together = born[a] <= dies.get(b, born[b]) and born[b] <= dies.get(a, born[a])
+            if a < b and alive_together:
+                assert (offsets[a] + graph.tensor_bytes[a] <= offsets[b]
+                        or offsets[b] + graph.tensor_bytes[b] <= offsets[a]), (a, b)
+
+
+def test_arena_of_a_layer_chain_equals_its_working_memory():
+    # A search candidate (DownsampledConv2D then two convs, pool, FC) whose arena placed by
+    # first fit, largest buffer first, took 22,016 B for a WM of 15,872 B.
+    graph = _chain([256, 7936, 7936, 6144, 6400, 1600, 56, 10])
+    arena, offsets = arena_plan(graph)
+    assert working_memory_bytes(graph) == 15872 == arena
+    _assert_valid_placement(graph, arena, offsets)
+
+
+def test_arena_plan_is_a_valid_placement_no_smaller_than_wm_on_branching_graphs():
+    rng = random.Random(0)
+    for _ in range(60):
+        sizes, ops = {"t0": rng.randint(16, 400)}, []
+        for i in range(1, rng.randint(3, 10)):
+            inputs = tuple(rng.sample(sorted(sizes)[-3:], rng.randint(1, min(2, len(sizes)))))
+            ops.append(GraphOp(f"op{i}", inputs, f"t{i}"))
+            sizes[f"t{i}"] = rng.randint(8, 500)
+        graph = ResourceGraph(tuple(ops), sizes, ("t0",), (ops[-1].output,))
+        arena, offsets = arena_plan(graph)
+        assert arena >= working_memory_bytes(graph)
+        _assert_valid_placement(graph, arena, offsets)
+
+
+def test_search_candidates_over_the_ram_budget_by_arena_are_infeasible(base_values):
+    from pipeline.tuner import Budget, analytical_costs
+
+    fits = analytical_costs(base_values, (16, 16, 1), 10, Budget(5120, 1 << 20))
+    assert fits["aot_arena_bytes"] == fits["working_memory_bytes"] == 5120 and fits["feasible"]
+    assert not analytical_costs(base_values, (16, 16, 1), 10, Budget(5119, 1 << 20))["feasible"]

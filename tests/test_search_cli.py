@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,11 +31,14 @@ def _rows(out: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+DIGITS_RUN_TRIALS = 4  # three random trials, then one proposed by the scalarised GP
+
+
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory) -> Path:
-    """One finished 3-trial digits search on the micro:bit budget, shared by the tests below."""
+    """One finished 4-trial digits search (seed 0) on the micro:bit budget, shared by the tests below."""
     out = tmp_path_factory.mktemp("digits") / "run"
-    result = _search(out, "--board", "microbit")
+    result = _search(out, "--board", "microbit", "--seed", "0", trials=DIGITS_RUN_TRIALS)
     assert result.returncode == 0, result.stderr
     return out
 
@@ -49,7 +53,7 @@ def test_search_writes_results_and_pareto_column_is_the_front(digits_run):
     for name in ("trials.csv", "pareto.json", "pareto.png", "report.md", "run.json"):
         assert (out / name).is_file(), name
     rows = _rows(out)
-    assert [r["trial_id"] for r in rows] == ["0", "1", "2"]
+    assert [r["trial_id"] for r in rows] == ["0", "1", "2", "3"]
     trained = [r for r in rows if r["status"] == "trained"]
     assert trained, rows
     for r in trained:
@@ -109,26 +113,127 @@ def test_export_rejects_unknown_trial_and_corrupt_model_in_one_line(digits_run, 
     assert "\n" not in line and str(model) in line and "corrupt" in line and "Traceback" not in line
 
 
-def test_report_joins_search_export_and_device_figures_per_pareto_trial(digits_run):
-    from pipeline.device import run_device
+def _report_table(run: Path) -> tuple[dict[str, list[list[str]]], str]:
+    result = subprocess.run([sys.executable, "-m", "pipeline", "report", str(run)], cwd=REPO,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    table: dict[str, list[list[str]]] = {}
+    for line in result.stdout.splitlines():
+        if line.startswith("| ") and "trial" not in line:
+            cells = [c.strip() for c in line.split("|")[1:-1]]
+            table.setdefault(cells[0], []).append(cells[1:])
+    return table, result.stdout
+
+
+def test_report_shows_every_board_and_engine_a_model_was_measured_on(digits_run):
+    from pipeline.cli import main
 
     assert _export(digits_run).returncode == 0
     front = [r for r in _rows(digits_run) if r["pareto"] == "True"]
+    table, text = _report_table(digits_run)
+    assert f"make bench BOARD=qemu-microbit MODEL={digits_run / 'models'}/" in text  # run's board, full path
+
     measured = front[0]["trial_id"]
     model = digits_run / "models" / measured / "model_int8.tflite"
-    device = run_device(model, "qemu-microbit", "aot", model.parent / "qemu-microbit", samples=5)
-    result = subprocess.run([sys.executable, "-m", "pipeline", "report", str(digits_run)], cwd=REPO,
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    table = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
-             for line in result.stdout.splitlines() if line.startswith("| ") and "trial" not in line}
+    for board in ("qemu-microbit", "qemu-stm32f4"):  # the same model on two boards, default OUT
+        assert main(["device", "--model", str(model), "--board", board, "--samples", "5"]) == 0
+    elsewhere = digits_run / "device-qemu-microbit"  # the README's OUT=RUN/device-<board> pattern
+    assert main(["device", "--model", str(model), "--board", "qemu-microbit", "--samples", "3",
+                 "--out", str(elsewhere)]) == 0
+    table, _ = _report_table(digits_run)
     assert set(table) == {r["trial_id"] for r in front}
-    row = table[measured]
+    rows = table[measured]
+    assert [r[5] for r in rows] == ["qemu-microbit (aot)", "qemu-microbit (aot)", "qemu-stm32f4 (aot)"]
     info = json.loads((model.parent / "model.json").read_text())
-    assert row[1] == f"{100 * info['test_accuracy']:.2f}"
-    assert row[2] == f"{int(front[0]['model_size_bytes']):,}"
-    assert row[5] == "qemu-microbit (aot)" and row[6] == f"{device['flash_bytes']:,}"
-    assert row[-1] == "1.00"
+    device = json.loads((model.parent / "device-qemu-stm32f4-aot" / "device.json").read_text())
+    assert rows[2][1] == f"{100 * info['test_accuracy']:.2f}"
+    assert rows[2][2] == f"{int(front[0]['model_size_bytes']):,}"
+    assert rows[2][6] == f"{device['flash_bytes']:,}" and all(r[-1] == "1.00" for r in rows)
+    assert device["arena_bytes"] == device["working_memory_bytes"]
+
+
+def test_same_seed_zero_gives_the_same_trials_and_weights(digits_run, tmp_path):
+    again = tmp_path / "again"
+    result = _search(again, "--board", "microbit", "--seed", "0", trials=DIGITS_RUN_TRIALS)
+    assert result.returncode == 0, result.stderr
+    from pipeline.space import hyperparameter_names
+
+    names = ["trial_id", "status", *hyperparameter_names()]
+    first, second = _rows(digits_run), _rows(again)
+    assert [[r[k] for k in names] for r in first] == [[r[k] for k in names] for r in second]
+    for row in first:
+        if row["status"] == "trained":
+            model = Path("search") / f"trial_{row['trial_id']}" / "model_int8.tflite"
+            assert (digits_run / model).read_bytes() == (again / model).read_bytes()
+    assert json.loads((again / "run.json").read_text())["seed"] == 0
+
+
+def test_export_and_report_read_zero_padded_trial_ids_as_written(digits_run, tmp_path):
+    # keras-tuner's own naming (trials "00", "01", ... when TRIALS >= 10), as older runs have it
+    padded = tmp_path / "padded"
+    shutil.copytree(digits_run / "search", padded / "search")
+    shutil.copy2(digits_run / "run.json", padded / "run.json")
+    for trial in (padded / "search").glob("trial_*"):
+        trial.rename(trial.with_name(f"trial_{int(trial.name[6:]):02d}"))
+    text = (digits_run / "trials.csv").read_text().splitlines()
+    (padded / "trials.csv").write_text("\n".join([text[0]] + [f"{int(line.split(',')[0]):02d}," + line.split(",", 1)[1]
+                                                               for line in text[1:]]) + "\n")
+    trained = next(r["trial_id"] for r in _rows(digits_run) if r["status"] == "trained")
+    for given in (f"{int(trained):02d}", trained):  # as written, or as the same number
+        result = _export(padded, "--trial", given)
+        assert result.returncode == 0, result.stderr
+        assert (padded / "models" / f"{int(trained):02d}" / "model.json").is_file()
+    result = _export(padded)
+    assert result.returncode == 0, result.stderr
+    table, _ = _report_table(padded)
+    assert set(table) == {f"{int(r['trial_id']):02d}" for r in _rows(digits_run) if r["pareto"] == "True"}
+
+
+def test_bench_without_model_finds_the_latest_search_at_any_depth_under_runs(digits_run, tmp_path):
+    from pipeline.device import latest_best_model
+    from pipeline.results import best_trial
+
+    nested = tmp_path / "runs" / "npz:" / "data" / "run"
+    shutil.copytree(digits_run, nested)
+    best = best_trial([{**r, "pareto": r["pareto"] == "True", "accuracy": float(r["accuracy"] or 0),
+                        "model_size_bytes": int(r["model_size_bytes"] or 0)} for r in _rows(digits_run)])
+    assert latest_best_model(tmp_path / "runs") == nested / "models" / best["trial_id"] / "model_int8.tflite"
+
+
+def test_export_of_a_run_with_nothing_trained_says_so_without_suggesting_a_trial(tmp_path):
+    out = tmp_path / "run"
+    result = _search(out, "--max-flash", "2")  # every candidate is over this budget: none is trained
+    assert result.returncode == 0, result.stderr
+    assert {r["status"] for r in _rows(out)} == {"infeasible"}
+    result = _export(out)
+    line = result.stderr.strip()
+    assert result.returncode == 2 and "\n" not in line
+    assert "no trained model" in line and "--trial" not in line
+
+
+def test_a_search_stopped_by_failures_records_every_failed_trial(tmp_path, monkeypatch):
+    """The third consecutive failure stops the search; it is still saved as FAILED and reported."""
+    from keras_tuner.errors import FailedTrialError
+
+    from pipeline.errors import UserError
+    from pipeline.search import MAX_CONSECUTIVE_FAILURES, run_search
+    from pipeline.tuner import SparseTuner
+
+    def failing_trial(self, trial, *args, **kwargs):  # the stimulus: a trial that cannot train
+        raise FailedTrialError(f"out of memory: trial {trial.trial_id} needed more than this machine has")
+
+    monkeypatch.setattr(SparseTuner, "run_trial", failing_trial)
+    out = tmp_path / "run"
+    with pytest.raises(UserError, match="consecutive failed trials"):
+        run_search("digits", 6, 1, "stm32f413", "sparse", 0, out, quiet=True)
+    rows = _rows(out)
+    assert [r["status"] for r in rows] == ["failed"] * MAX_CONSECUTIVE_FAILURES
+    report = (out / "report.md").read_text()
+    for row in rows:
+        assert row["reason"] == f"out of memory: trial {row['trial_id']} needed more than this machine has"
+        assert f"- {row['trial_id']}: {row['reason']}" in report
+        saved = json.loads((out / "search" / f"trial_{row['trial_id']}" / "trial.json").read_text())
+        assert saved["status"] == "FAILED"
 
 
 def test_search_resumes_after_kill_without_losing_or_repeating_trials(tmp_path):

@@ -1,0 +1,121 @@
+"""A user's mistake gives one line naming the value and what is accepted, exit code 2, no traceback."""
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _one_line_error(capfd, argv: list[str], *expected: str) -> str:
+    code = main(argv)
+    line = capfd.readouterr().err.strip()
+    assert code == 2, line
+    assert "\n" not in line and "Traceback" not in line, line
+    for text in expected:
+        assert text in line, line
+    return line
+
+
+def _search(out: Path, *extra: str) -> list[str]:
+    return ["search", "--dataset", "digits", "--trials", "1", "--epochs", "1", "--quiet",
+            "--out", str(out), *extra]
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**32)])
+def test_seed_outside_0_to_2_32_is_refused(capfd, tmp_path, seed):
+    _one_line_error(capfd, _search(tmp_path / "run", "--seed", seed), f"--seed {seed}", "4,294,967,295")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("flag,value", [("--max-ram", "1"), ("--max-flash", "1"), ("--max-ram", "-5"),
+                                        ("--max-flash", "-5"), ("--max-ram", "0"),
+                                        ("--max-ram", "99999999")])
+def test_budget_outside_what_the_board_allows_is_refused(capfd, tmp_path, flag, value):
+    _one_line_error(capfd, _search(tmp_path / "run", "--board", "microbit", flag, value),
+                    f"{flag} {value}", "microbit")
+
+
+def test_out_below_a_file_or_in_a_read_only_place_is_refused(capfd, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("keep me")
+    _one_line_error(capfd, _search(blocker / "run"), str(blocker / "run"), "cannot be written")
+    _one_line_error(capfd, _search(blocker), str(blocker), "is a file")
+    _one_line_error(capfd, _search(Path("/sys/sparse-mcu-run")), "/sys/sparse-mcu-run", "cannot be written")
+    assert blocker.read_text() == "keep me"
+
+
+def test_device_out_below_a_file_is_refused(capfd, tmp_path):
+    from pipeline import tflite_model
+    from pipeline.datasets import load_dataset
+    import tf_keras
+
+    data = load_dataset("digits")
+    model = tf_keras.Sequential([tf_keras.layers.Input((8, 8, 1)), tf_keras.layers.Conv2D(2, 3),
+                                 tf_keras.layers.Flatten(), tf_keras.layers.Dense(10)])
+    folder = tmp_path / "model"
+    folder.mkdir()
+    flatbuffer = tflite_model.convert_int8(model, data.x_train)
+    (folder / "model_int8.tflite").write_bytes(flatbuffer)
+    np.savez(folder / "test_samples.npz", x_int8=tflite_model.quantize_inputs(flatbuffer, data.x_test[:2]),
+             y=data.y_test[:2])
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    _one_line_error(capfd, ["device", "--model", str(folder / "model_int8.tflite"), "--board", "qemu-microbit",
+                             "--out", str(blocker / "out")], "--out", str(blocker / "out"))
+
+
+def _npz(path: Path, **changes) -> str:
+    rng = np.random.default_rng(0)
+    arrays = {"x_train": rng.integers(0, 255, (40, 8, 8), np.uint8), "y_train": np.arange(40) % 4,
+              "x_test": rng.integers(0, 255, (10, 8, 8), np.uint8), "y_test": np.arange(10) % 4}
+    np.savez(path, **(arrays | changes))
+    return f"npz:{path}"
+
+
+@pytest.mark.parametrize("case,changes,expected", [
+    ("labels_10_20_30", {"y_train": (np.arange(40) % 3 + 1) * 10}, "10, 20, 30"),
+    ("negative_labels", {"y_train": np.arange(40) % 4 - 1}, "-1, 0, 1, 2"),
+    ("test_label_unseen", {"y_test": np.arange(10) % 5}, "y_test holds labels 4"),
+    ("channels_first", {"x_train": np.zeros((40, 1, 28, 28), np.uint8),
+                        "x_test": np.zeros((10, 1, 28, 28), np.uint8)}, "channels-first"),
+    ("empty_test_split", {"x_test": np.zeros((0, 8, 8), np.uint8), "y_test": np.zeros(0, np.int64)},
+     "x_test has 0 images"),
+])
+def test_npz_with_wrong_labels_layout_or_empty_split_is_refused(capfd, tmp_path, case, changes, expected):
+    dataset = _npz(tmp_path / f"{case}.npz", **changes)
+    _one_line_error(capfd, ["search", "--dataset", dataset, "--trials", "1", "--epochs", "1", "--quiet",
+                             "--out", str(tmp_path / "run")], str(tmp_path / f"{case}.npz"), expected)
+    assert not (tmp_path / "run").exists()
+
+
+def test_unknown_option_names_the_real_help_command(capfd):
+    with pytest.raises(SystemExit) as stop:
+        main(["--bogus"])
+    line = capfd.readouterr().err.strip()
+    assert stop.value.code == 2 and "(see python -m pipeline --help)" in line and "pipeline pipeline" not in line
+    with pytest.raises(SystemExit):
+        main(["search", "--bogus"])
+    assert "(see python -m pipeline search --help)" in capfd.readouterr().err
+
+
+def _make_dry_run(*args: str) -> str:
+    return subprocess.run(["make", "-n", "-s", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=60).stdout
+
+
+def test_make_bench_without_board_runs_on_qemu_and_flash_on_the_real_board():
+    assert "--board qemu-stm32f4 " in _make_dry_run("bench")
+    assert "--board qemu-microbit " in _make_dry_run("bench", "BOARD=qemu-microbit")
+    assert "--board stm32f413 " in _make_dry_run("flash")
+
+
+def test_make_search_default_out_is_one_folder_under_runs_for_an_npz_dataset():
+    command = _make_dry_run("search", "DATASET=npz:/data/sets/my.digits.npz")
+    out = command.split("--out ")[1].split()[0]
+    assert out == "runs/npz-my.digits-stm32f413-sparse-e10-s0"
