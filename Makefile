@@ -18,7 +18,8 @@ DATA_DIR ?=
 
 DATA_FLAG := $(if $(DATA_DIR),--data-dir $(DATA_DIR))
 
-RUN ?= $(OUT)
+# export, report and bench-compression read RUN, else OUT when given, else the latest search under runs/.
+RUN ?= $(if $(filter command line environment,$(origin OUT)),$(OUT))
 TRIAL ?=
 MODEL ?=
 ENGINE ?= aot

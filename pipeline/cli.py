@@ -37,7 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--max-flash", type=int, default=None, help="model-size budget in bytes")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     e = sub.add_parser("export", help="write the .tflite, C array and model.json of Pareto models")
-    e.add_argument("run_dir", metavar="RUN_DIR", help="the --out directory of a search")
+    e.add_argument("run_dir", metavar="RUN_DIR", nargs="?", default=None,
+                   help="the --out directory of a search (default: the latest search under runs/)")
     e.add_argument("--trial", default=None, help="export this trial only (default: every Pareto trial)")
     e.add_argument("--data-dir", default=None, help="where the run's dataset is found (for test accuracy)")
     d = sub.add_parser("device", help="build the firmware, run it on a board or QEMU, write device.json")
@@ -51,7 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--samples", type=int, default=None, help="test inputs to send (default: all exported)")
     d.add_argument("--data-dir", default=None, help="dataset location, if the default model must be exported")
     r = sub.add_parser("report", help="the Pareto models' promised and measured figures as one table")
-    r.add_argument("run_dir", metavar="RUN_DIR", help="the --out directory of a search")
+    r.add_argument("run_dir", metavar="RUN_DIR", nargs="?", default=None,
+                   help="the --out directory of a search (default: the latest search under runs/)")
     parser.set_defaults(subparsers=sub.choices)
     return parser
 
@@ -86,7 +88,10 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "export":
             from pipeline.export import export_run
 
-            for folder in export_run(Path(args.run_dir), args.trial, data_dir=args.data_dir):
+            from pipeline.export import latest_run
+
+            run_dir = Path(args.run_dir) if args.run_dir else latest_run(Path("runs"))
+            for folder in export_run(run_dir, args.trial, data_dir=args.data_dir):
                 info = json.loads((folder / "model.json").read_text())
                 print(f"{folder}: test accuracy {100 * info['test_accuracy']:.2f}% (int8, host TFLM), "
                       f"MS {info['metrics']['model_size_bytes']:,} B, "
@@ -106,7 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "report":
             from pipeline.report import format_report
 
-            sys.stdout.write(format_report(Path(args.run_dir)))
+            from pipeline.export import latest_run
+
+            sys.stdout.write(format_report(Path(args.run_dir) if args.run_dir else latest_run(Path("runs"))))
     except UserError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return exc.exit_code

@@ -195,14 +195,10 @@ def _read_line(link: Any, timeout: float, what: str) -> str:
 
 def latest_best_model(runs_dir: Path, data_dir: str | None = None) -> Path:
     """The best Pareto model of the most recent search under ``runs_dir``, exported if needed."""
-    from pipeline.export import export_run, load_run
+    from pipeline.export import export_run, latest_run, load_run
     from pipeline.results import best_trial
 
-    summaries = sorted((p for p in runs_dir.rglob("pareto.json") if (p.parent / "run.json").is_file()),
-                       key=lambda p: p.stat().st_mtime)
-    if not summaries:
-        raise UserError(f"no finished search under {runs_dir}/: run make search first, or pass MODEL=")
-    run_dir = summaries[-1].parent
+    run_dir = latest_run(runs_dir)
     _, rows = load_run(run_dir)
     best = best_trial(rows)
     if best is None:

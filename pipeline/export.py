@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,15 @@ def load_run(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     with trials_file.open(newline="") as f:
         rows = [{k: v if k == "trial_id" else _parse(v) for k, v in row.items()} for row in csv.DictReader(f)]
     return json.loads(run_file.read_text()), rows
+
+
+def latest_run(runs_dir: Path) -> Path:
+    """The search under ``runs_dir`` (at any depth) whose results were written last."""
+    summaries = sorted((p for p in runs_dir.rglob("pareto.json") if (p.parent / "run.json").is_file()),
+                       key=lambda p: p.stat().st_mtime)
+    if not summaries:
+        raise UserError(f"no finished search under {runs_dir}/: run make search first, or give RUN=DIR")
+    return summaries[-1].parent
 
 
 def pareto_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -81,7 +91,8 @@ def export_run(run_dir: Path, trial_id: str | None = None, data_dir: str | None 
         if not chosen:
             raise UserError(f"{run_dir} has no trained model yet (every trial was infeasible or failed; "
                             f"see {run_dir / 'trials.csv'}): run more trials or relax the budget")
-    data = load_dataset(run["dataset"], data_dir)
+    # the search's own data dir serves when neither --data-dir nor $SPARSE_DATA_DIR says otherwise
+    data = load_dataset(run["dataset"], data_dir or os.environ.get("SPARSE_DATA_DIR") or run.get("data_dir"))
     written = []
     for row in chosen:
         written.append(_export_trial(run_dir, run, row, data, samples))

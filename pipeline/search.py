@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from pipeline.boards import get_board
 from pipeline.builder import SparseHyperModel
-from pipeline.datasets import load_dataset
+from pipeline.datasets import load_dataset, resolve_data_dir
 from pipeline.errors import UserError, ensure_directory
 from pipeline.oracle import KerasTunerBayesianOracle, RandomOracle, SparseOracle, check_seed
 from pipeline.results import best_trial, front_hypervolume, write_results
@@ -42,7 +42,8 @@ def run_search(dataset: str, trials: int, epochs: int, board: str, optimizer: st
                               "RAM", spec.name, "the input image alone needs"),
            "max_flash": _budget("--max-flash", max_flash, spec.flash_bytes, 2, "flash", spec.name,
                                 "the log-scaled size objective needs"),
-           "optimizer": optimizer, "seed": seed, "epochs": epochs}
+           "optimizer": optimizer, "seed": seed, "epochs": epochs,
+           "data_dir": str(resolve_data_dir(data_dir))}  # not part of its identity: export reads it
     _claim_output_dir(out, run)
     budget = Budget(run["max_ram"], run["max_flash"])
     oracle = _make_oracle(optimizer, trials, seed, data, budget)

@@ -27,16 +27,18 @@ import pipeline  # noqa: E402,F401
 from pipeline.boards import emulated_twin  # noqa: E402
 from pipeline.device import default_out_dir, run_device  # noqa: E402
 from pipeline.errors import UserError, run_script  # noqa: E402
-from pipeline.export import load_run, pareto_rows  # noqa: E402
+from pipeline.export import latest_run, load_run, pareto_rows  # noqa: E402
 
 
 def main() -> int:
     """Measures every exported Pareto model and prints the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("run_dir", type=Path, nargs="?", default=None,
+                        help="a search's --out (default: the latest search under runs/)")
     parser.add_argument("--board", default="qemu-stm32f4")
     parser.add_argument("--samples", type=int, default=20)
     args = parser.parse_args()
+    args.run_dir = args.run_dir or latest_run(Path("runs"))
     args.board = emulated_twin(args.board)  # a run's board may be real hardware: bench its QEMU twin
     _, rows = load_run(args.run_dir)
     print(f"AOT engine on {args.board}, Pareto models of {args.run_dir}, {args.samples} test inputs each\n")

@@ -27,16 +27,18 @@ from pipeline import tflite_model  # noqa: E402
 from pipeline.builder import load_float_model  # noqa: E402
 from pipeline.datasets import load_dataset  # noqa: E402
 from pipeline.errors import run_script  # noqa: E402
-from pipeline.export import load_run, pareto_rows  # noqa: E402
+from pipeline.export import latest_run, load_run, pareto_rows  # noqa: E402
 from pipeline.tuner import KERAS_FILE  # noqa: E402
 
 
 def main() -> int:
     """Measures every Pareto model of RUN_DIR and prints the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("run_dir", type=Path, nargs="?", default=None,
+                        help="a search's --out (default: the latest search under runs/)")
     parser.add_argument("--data-dir", default=os.environ.get("SPARSE_DATA_DIR"))
     args = parser.parse_args()
+    args.run_dir = args.run_dir or latest_run(Path("runs"))
 
     run, rows = load_run(args.run_dir)
     data = load_dataset(run["dataset"], args.data_dir)
