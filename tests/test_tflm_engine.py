@@ -62,10 +62,10 @@ def test_tflm_firmware_on_qemu_matches_host_tflm_with_its_own_arena_figure(usps_
     assert set(aot) == set(result)  # the same fields, whichever engine
 
 
-def test_tflm_without_a_tree_says_both_ways_to_get_one(usps_model, tmp_path):
+def test_tflm_without_a_tree_says_both_ways_to_get_one(usps_model, data_dir, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TFLM_DIR"} | {"SPARSE_MCU_CACHE": str(tmp_path)}
     result = subprocess.run([sys.executable, "-m", "pipeline", "device", "--model", str(usps_model),
-                             "--engine", "tflm", "--dataset", "usps"], cwd=REPO, env=env,
+                             "--engine", "tflm", "--dataset", "usps", "--data-dir", str(data_dir)], cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=300)
     line = result.stderr.strip()
     assert result.returncode == 2 and "\n" not in line and "Traceback" not in line, line
