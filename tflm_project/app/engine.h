@@ -5,10 +5,6 @@
 
 #include <stdint.h>
 
-#ifdef __cplusplus
-extern "C" {
-#endif
-
 int engine_init(void);              /* 0 on success */
 int8_t* engine_input(void);
 const int8_t* engine_output(void);
@@ -17,9 +13,5 @@ int engine_output_bytes(void);
 int engine_arena_bytes(void);
 int engine_invoke(void);            /* 0 on success */
 const char* engine_name(void);
-
-#ifdef __cplusplus
-}
-#endif
 
 #endif /* ENGINE_H_ */
