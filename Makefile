@@ -25,7 +25,7 @@ MODEL ?=
 ENGINE ?= aot
 PORT ?=
 SAMPLES ?=
-# make bench/flash write device.json to OUT only when OUT is given, else next to the model.
+# make bench/flash write device.json to OUT when OUT is given, else to device-<board>-<engine>/ beside the model.
 DEVICE_FLAGS = --board $(DEVICE_BOARD) --engine $(ENGINE) $(if $(MODEL),--model $(MODEL)) \
 	$(if $(filter command line environment,$(origin OUT)),--out $(OUT)) $(if $(PORT),--port $(PORT)) \
 	$(if $(SAMPLES),--samples $(SAMPLES)) $(DATA_FLAG)

@@ -86,9 +86,7 @@ def main(argv: list[str] | None = None) -> int:
                        Path(args.out), data_dir=args.data_dir, max_ram=args.max_ram,
                        max_flash=args.max_flash, quiet=args.quiet)
         elif args.command == "export":
-            from pipeline.export import export_run
-
-            from pipeline.export import latest_run
+            from pipeline.export import export_run, latest_run
 
             run_dir = Path(args.run_dir) if args.run_dir else latest_run(Path("runs"))
             for folder in export_run(run_dir, args.trial, data_dir=args.data_dir):
@@ -109,9 +107,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{100 * result['outputs_match']:.1f}%, flash {result['flash_bytes']:,} B, RAM "
                   f"{result['ram_bytes']:,} B (arena {result['arena_bytes']:,} B), latency {latency}")
         elif args.command == "report":
-            from pipeline.report import format_report
-
             from pipeline.export import latest_run
+            from pipeline.report import format_report
 
             sys.stdout.write(format_report(Path(args.run_dir) if args.run_dir else latest_run(Path("runs"))))
     except UserError as exc:

@@ -55,8 +55,9 @@ def analytical_costs(values: Mapping[str, Any], input_shape: tuple[int, int, int
 
 def resource_costs(graph: costs.ResourceGraph, budget: Budget) -> dict:
     """MS, WM and the AOT arena of a resource graph, with constraints against the budget."""
-    ms, wm = costs.model_size_bytes(graph), costs.working_memory_bytes(graph)
-    arena = costs.arena_plan(graph)[0] if wm <= budget.max_ram else wm
+    ms = costs.model_size_bytes(graph)
+    wm, order = costs.best_schedule(graph)  # solved once: WM and the order the arena is planned over
+    arena = costs.arena_plan(graph, order)[0] if wm <= budget.max_ram else wm
     constraints = (ms - budget.max_flash, arena - budget.max_ram)
     return {"model_size_bytes": ms, "working_memory_bytes": wm, "aot_arena_bytes": arena,
             "constraints": constraints, "feasible": all(c <= 0 for c in constraints)}
