@@ -13,7 +13,7 @@ OPTIMIZER ?= sparse
 SEED ?= 0
 # One folder under runs/ whatever the dataset: npz:/path/to/my.npz becomes npz-my.
 DATASET_NAME = $(if $(filter npz:%,$(DATASET)),npz-$(basename $(notdir $(DATASET:npz:%=%))),$(DATASET))
-OUT ?= runs/$(DATASET_NAME)-$(BOARD)-$(OPTIMIZER)-e$(EPOCHS)-s$(SEED)
+OUT ?= runs/$(DATASET_NAME)-$(BOARD)-$(OPTIMIZER)-e$(EPOCHS)-s$(SEED)$(if $(filter-out aot,$(ENGINE)),-$(ENGINE))
 DATA_DIR ?=
 
 DATA_FLAG := $(if $(DATA_DIR),--data-dir $(DATA_DIR))
@@ -28,9 +28,13 @@ SAMPLES ?=
 # make bench/flash write device.json to OUT when OUT is given, else to device-<board>-<engine>/ beside the model.
 DEVICE_FLAGS = --board $(DEVICE_BOARD) --engine $(ENGINE) $(if $(MODEL),--model $(MODEL)) \
 	$(if $(filter command line environment,$(origin OUT)),--out $(OUT)) $(if $(PORT),--port $(PORT)) \
-	$(if $(SAMPLES),--samples $(SAMPLES)) $(DATA_FLAG)
+	$(if $(SAMPLES),--samples $(SAMPLES)) $(DATA_FLAG) \
+	$(if $(and $(MODEL),$(filter command line environment,$(origin DATASET))),--dataset $(DATASET))
 
-.PHONY: search export report bench flash test bench-search bench-compression bench-aot clean-venv
+# ENGINE=tflm finds TensorFlow Lite Micro in TFLM_DIR, else in the cache `make tflm` fills.
+export TFLM_DIR
+
+.PHONY: search export report bench flash test bench-search bench-compression bench-aot bench-engines tflm clean-venv
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -40,10 +44,13 @@ $(VENV)/.installed: requirements.txt
 
 search: $(VENV)/.installed
 	$(PY) -m pipeline search --dataset $(DATASET) --trials $(TRIALS) --epochs $(EPOCHS) \
-		--board $(BOARD) --optimizer $(OPTIMIZER) --seed $(SEED) --out $(OUT) $(DATA_FLAG)
+		--board $(BOARD) --optimizer $(OPTIMIZER) --seed $(SEED) --engine $(ENGINE) --out $(OUT) $(DATA_FLAG)
 
 export: $(VENV)/.installed
 	$(PY) -m pipeline export $(RUN) $(if $(TRIAL),--trial $(TRIAL)) $(DATA_FLAG)
+
+tflm: $(VENV)/.installed
+	$(PY) -m pipeline tflm
 
 report: $(VENV)/.installed
 	$(PY) -m pipeline report $(RUN)
@@ -67,6 +74,9 @@ bench-compression: $(VENV)/.installed
 
 bench-aot: $(VENV)/.installed
 	$(PY) scripts/bench_aot.py $(RUN) --board $(BENCH_BOARD)
+
+bench-engines: $(VENV)/.installed
+	$(PY) scripts/bench_engines.py $(RUN) --board $(BENCH_BOARD)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -29,6 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--epochs", type=int, default=10)
     s.add_argument("--board", default="stm32f413", help="a row of tflm_project/boards/board_facts.tsv")
     s.add_argument("--optimizer", default="sparse", help="sparse, random or kt-bayes")
+    s.add_argument("--engine", default="aot", help="the engine the models must fit the board with: aot or "
+                   "tflm (its measured fixed costs count against the board's RAM and flash)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", default="runs/latest", help="output directory (resumed when it exists)")
     s.add_argument("--data-dir", default=None, help="where datasets are found and cached "
@@ -45,12 +47,20 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--model", default=None, help="an exported models/<trial>/model_int8.tflite "
                    "(default: the best Pareto model of the latest search under runs/)")
     d.add_argument("--board", default="qemu-stm32f4", help="a row of tflm_project/boards/board_facts.tsv")
-    d.add_argument("--engine", default="aot", help="aot (generated C); tflm is not built yet")
+    d.add_argument("--engine", default="aot", help="aot (our generated C) or tflm (TensorFlow Lite Micro "
+                   "from $TFLM_DIR or make tflm's cache)")
     d.add_argument("--out", default=None, help="folder for device.json and the firmware build "
                    "(default: device-BOARD-ENGINE/ beside the model)")
     d.add_argument("--port", default=None, help="serial port of a real board, e.g. /dev/ttyACM0")
     d.add_argument("--samples", type=int, default=None, help="test inputs to send (default: all exported)")
-    d.add_argument("--data-dir", default=None, help="dataset location, if the default model must be exported")
+    d.add_argument("--dataset", default=None, help="send this dataset's first test images, quantised with the "
+                   "model's input parameters (any int8 .tflite; default: the exported test_samples.npz)")
+    d.add_argument("--data-dir", default=None, help="dataset location (for --dataset, or to export the default "
+                   "model)")
+    t = sub.add_parser("tflm", help="make TensorFlow Lite Micro trees (needs network): clone at the pin, "
+                       "run create_tflm_tree.py")
+    t.add_argument("--kernels", nargs="+", default=None, choices=("cmsis_nn", "reference"),
+                   help="kernel sets to make (default both: CMSIS-NN for Cortex-M4, reference for Cortex-M0)")
     r = sub.add_parser("report", help="the Pareto models' promised and measured figures as one table")
     r.add_argument("run_dir", metavar="RUN_DIR", nargs="?", default=None,
                    help="the --out directory of a search (default: the latest search under runs/)")
@@ -84,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
 
             run_search(args.dataset, args.trials, args.epochs, args.board, args.optimizer, args.seed,
                        Path(args.out), data_dir=args.data_dir, max_ram=args.max_ram,
-                       max_flash=args.max_flash, quiet=args.quiet)
+                       max_flash=args.max_flash, quiet=args.quiet, engine=args.engine)
         elif args.command == "export":
             from pipeline.export import export_run, latest_run
 
@@ -99,13 +109,19 @@ def main(argv: list[str] | None = None) -> int:
 
             model = Path(args.model) if args.model else latest_best_model(Path("runs"), args.data_dir)
             out = Path(args.out) if args.out else default_out_dir(model, args.board, args.engine)
-            result = run_device(model, args.board, args.engine, out, port=args.port, samples=args.samples)
+            result = run_device(model, args.board, args.engine, out, port=args.port, samples=args.samples,
+                                dataset=args.dataset, data_dir=args.data_dir)
             latency = (f"{result['latency_instructions']:,} instructions" if "latency_instructions" in result
                        else f"{result['latency_ms']} ms ({result['latency_cycles']:,} cycles)")
             print(f"{out / 'device.json'}: {result['board']} {result['engine']}: accuracy "
                   f"{100 * result['accuracy']:.2f}% on {result['samples']} inputs, outputs match host TFLM "
                   f"{100 * result['outputs_match']:.1f}%, flash {result['flash_bytes']:,} B, RAM "
                   f"{result['ram_bytes']:,} B (arena {result['arena_bytes']:,} B), latency {latency}")
+        elif args.command == "tflm":
+            from pipeline.tflm import make_trees
+
+            for tree in make_trees(args.kernels):
+                print(f"TFLM tree ready: {tree}")
         elif args.command == "report":
             from pipeline.export import latest_run
             from pipeline.report import format_report

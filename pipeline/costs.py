@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Sequence
 
 from pipeline.architecture import Compression, Node
@@ -39,6 +40,9 @@ class GraphOp:
     kernel_nonzeros: int = 0
     bias_nonzeros: int = 0
     alias: bool = False
+    kernel_weights: int = 0  # dense kernel size, zeros included
+    rows: int = 0            # output rows of the kernel (filters, or channels of a depthwise kernel)
+    bias_weights: int = 0    # biases stored, zeros included
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,9 +80,17 @@ def graph_from_plan(nodes: Sequence[Node], compression: Compression | None = Non
             nonzeros = nonzeros_after_pruning(node.kernel_weights, node.shape[-1],
                                               _sparsity(node.group, compression))
         ops.append(GraphOp(node.name, node.inputs, node.name, nonzeros, node.bias,
-                           alias=node.op == "flatten"))
+                           alias=node.op == "flatten", kernel_weights=node.kernel_weights,
+                           rows=_kernel_rows(node), bias_weights=node.bias))
     sizes = {n.name: n.size * ACTIVATION_BYTES for n in nodes}
     return ResourceGraph(tuple(ops), sizes, ("input",), (nodes[-1].name,))
+
+
+def _kernel_rows(node: Node) -> int:
+    """Rows of the kernel as TFLite stores it: one per filter (OHWI), one for a depthwise [1,H,W,C]."""
+    if not node.kernel_weights:
+        return 0
+    return 1 if node.op == "depthwise" else node.shape[-1]
 
 
 def _sparsity(group: str, compression: Compression) -> float:
@@ -90,6 +102,33 @@ def _sparsity(group: str, compression: Compression) -> float:
 def model_size_bytes(graph: ResourceGraph) -> int:
     """MS: nonzero kernel weights at int8 plus nonzero biases at int32, in bytes."""
     return sum(op.kernel_nonzeros * KERNEL_BYTES + op.bias_nonzeros * BIAS_BYTES for op in graph.ops)
+
+
+def operator_count(graph: ResourceGraph) -> int:
+    """Operators that run (a reshape shares its input's buffer and runs no code)."""
+    return sum(not op.alias for op in graph.ops)
+
+
+def dense_weight_bytes(graph: ResourceGraph) -> int:
+    """Kernels and biases as a dense format (TFLite's flatbuffer) stores them, zeros included."""
+    return sum(op.kernel_weights * KERNEL_BYTES + op.bias_weights * BIAS_BYTES for op in graph.ops)
+
+
+def block_sparse_weight_bytes(graph: ResourceGraph) -> int:
+    """The most the AOT engine's block-bitmap format stores for these nonzeros.
+
+    Every nonzero kernel weight lies in a stored block of PRUNING_BLOCK
+    values, which MS's block bound already counts; on top come one bit per
+    block of each row (rounded up to bytes per row) and every bias.
+    """
+    total = 0
+    for op in graph.ops:
+        if op.kernel_weights:
+            blocks_per_row = math.ceil(op.kernel_weights / max(op.rows, 1) / PRUNING_BLOCK)
+            bitmap = op.rows * math.ceil(blocks_per_row / 8)
+            total += min(op.kernel_weights, op.kernel_nonzeros + bitmap) * KERNEL_BYTES
+        total += op.bias_weights * BIAS_BYTES
+    return total
 
 
 def working_memory_bytes(graph: ResourceGraph) -> int:

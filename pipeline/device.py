@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import firmware, tflite_model
+from pipeline import firmware, tflite_model, tflm
 from pipeline.boards import Board, get_board
 from pipeline.errors import UserError, ensure_directory
 
@@ -27,8 +27,9 @@ BAUD = 115200
 READY_TIMEOUT_S = 20.0
 REPLY_TIMEOUT_S = 60.0
 FLASH_TIMEOUT_S = 120
+DEFAULT_DATASET_SAMPLES = 100
 RESULT = re.compile(r"^RESULT ticks=(\d+) out=([0-9a-f]*)$")
-STATS = re.compile(r"^STATS stack=(\d+) arena=(\d+)$")
+STATS = re.compile(r"^STATS stack=(\d+) arena=(\d+) capacity=(\d+)$")
 
 
 def default_out_dir(model_path: Path, board_name: str, engine: str) -> Path:
@@ -37,15 +38,33 @@ def default_out_dir(model_path: Path, board_name: str, engine: str) -> Path:
 
 
 def run_device(model_path: Path, board_name: str, engine: str, out_dir: Path, port: str | None = None,
-               samples: int | None = None, reply_timeout: float = REPLY_TIMEOUT_S) -> dict[str, Any]:
-    """Builds, flashes or emulates, measures, and writes ``out_dir/device.json``; returns its content."""
+               samples: int | None = None, reply_timeout: float = REPLY_TIMEOUT_S,
+               dataset: str | None = None, data_dir: str | None = None) -> dict[str, Any]:
+    """Builds, flashes or emulates, measures, and writes ``out_dir/device.json``; returns its content.
+
+    The inputs are the exported test_samples.npz beside the model, or, with
+    ``dataset``, the first test images of that dataset quantised with the
+    model's own input parameters (any int8 .tflite, no export needed).
+    """
     board = get_board(board_name)
     if engine not in firmware.ENGINES:
         raise UserError(f"unknown engine {engine!r}: expected one of {', '.join(firmware.ENGINES)}")
     data = tflite_model.read_tflite(model_path)
-    inputs, labels = _test_samples(model_path, samples)
+    if samples is not None and samples < 1:
+        raise UserError(f"--samples {samples}: expected a positive number of test inputs")
+    if dataset is not None:
+        inputs, labels = dataset_samples(data, str(model_path), dataset, data_dir, samples)
+    else:
+        inputs, labels = _test_samples(model_path, samples)
     ensure_directory(out_dir, "--out")
-    build = firmware.build(data, board, engine, out_dir / "firmware", str(model_path))
+    if engine == "tflm":  # the arena TFLM needs, found on the device by a probe that lends it all free RAM
+        probe = firmware.build(data, board, engine, out_dir / "firmware-probe", str(model_path))
+        with _connect(board, probe, port) as link:
+            capacity = _ready_field(_wait_ready(link, board), "capacity")
+        build = firmware.build(data, board, engine, out_dir / "firmware", str(model_path),
+                               tflm_arena_bytes=capacity)
+    else:
+        build = firmware.build(data, board, engine, out_dir / "firmware", str(model_path))
     with _connect(board, build, port) as link:
         _wait_ready(link, board)
         ticks, outputs = [], []
@@ -69,7 +88,7 @@ def run_device(model_path: Path, board_name: str, engine: str, out_dir: Path, po
         "board": board.name, "engine": engine, "model": str(model_path),
         "model_sha256": hashlib.sha256(data).hexdigest(),
         "flash_bytes": build.flash_bytes, "ram_bytes": build.data_bytes + build.bss_bytes + stack,
-        "arena_bytes": int(stats.group(2)),
+        "arena_bytes": int(stats.group(2)), "arena_capacity_bytes": int(stats.group(3)),
     }
     if board.emulated:
         result["latency_instructions"] = round(mean_ticks * 1e9 / board.timer_hz)
@@ -95,14 +114,33 @@ def _test_samples(model_path: Path, samples: int | None) -> tuple[np.ndarray, np
     path = model_path.parent / "test_samples.npz"
     if not path.is_file():
         raise UserError(f"no test_samples.npz next to {model_path}: export the model first "
-                        "(make export RUN=<search dir>) and pass models/<trial>/model_int8.tflite")
+                        "(make export RUN=<search dir>), or name the dataset its inputs come from "
+                        "(DATASET=usps / --dataset usps)")
     with np.load(path) as f:
         x, y = f["x_int8"], f["y"]
     if samples is not None:
-        if samples < 1:
-            raise UserError(f"--samples {samples}: expected a positive number of test inputs")
         x, y = x[:samples], y[:samples]
     return x, y
+
+
+def dataset_samples(model: bytes, label: str, dataset: str, data_dir: str | None,
+                    samples: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """The first test images of ``dataset`` as the model's int8 inputs, with their labels.
+
+    UserError, naming both, when the model's input shape or class count does
+    not fit the dataset.
+    """
+    from pipeline.datasets import load_dataset
+
+    data = load_dataset(dataset, data_dir)
+    q = tflite_model.quantization(model)
+    wanted_in, wanted_out = [1, *data.input_shape], [1, data.num_classes]
+    if q["input_shape"] != wanted_in or q["output_shape"] != wanted_out:
+        raise UserError(f"{label} takes input {q['input_shape']} and gives output {q['output_shape']}, but "
+                        f"{dataset} has images {wanted_in} and {data.num_classes} classes ({wanted_out}): "
+                        "pick the dataset the model was trained on")
+    count = samples or DEFAULT_DATASET_SAMPLES
+    return tflite_model.quantize_inputs(model, data.x_test[:count]), data.y_test[:count]
 
 
 @contextlib.contextmanager
@@ -153,8 +191,7 @@ def _open_socket(url: str, qemu: subprocess.Popen) -> Any:
 
 
 def _flash(board: Board, build: firmware.Firmware) -> None:
-    command = ["make", "-C", str(firmware.PROJECT_DIR), "flash", f"BOARD={board.name}", "ENGINE=aot",
-               f"BUILD={build.elf.parent}", f"GEN_DIR={build.elf.parent / 'gen'}"]
+    command = ["make", "-C", str(firmware.PROJECT_DIR), "flash", *build.make_args]
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=FLASH_TIMEOUT_S)
     except subprocess.TimeoutExpired:
@@ -165,32 +202,49 @@ def _flash(board: Board, build: firmware.Firmware) -> None:
                         "(is the board attached and the tool installed?)")
 
 
-def _wait_ready(link: Any, board: Board) -> None:
-    """Waits for READY; if it went out before the port was opened, asks for STATS instead."""
+class _NoReply(UserError):
+    """The firmware sent nothing in time (as opposed to sending an ERROR line)."""
+
+
+def _wait_ready(link: Any, board: Board) -> str:
+    """Waits for READY (returned); if it went out before the port was opened, asks for STATS instead."""
     try:
         line = _read_line(link, READY_TIMEOUT_S / 2, "the firmware's READY line")
-    except UserError:
+    except _NoReply:
         link.write(b"\nS\n")
         line = _read_line(link, READY_TIMEOUT_S / 2, "the firmware's READY line")
     if not (line.startswith("READY") or line.startswith("STATS")):
         raise UserError(f"{board.name} sent {line[:60]!r} instead of READY: is this the right port?")
+    return line
+
+
+def _ready_field(line: str, field: str) -> int:
+    """A byte count of a READY or STATS line: ``arena`` (what the engine uses) or ``capacity`` (what it reserves)."""
+    found = re.search(rf"\b{field}=(\d+)", line)
+    if found is None:
+        raise UserError(f"the firmware's line {line[:60]!r} has no {field}= figure: rebuild the firmware "
+                        "with this version of the tool")
+    return int(found.group(1))
 
 
 def _read_line(link: Any, timeout: float, what: str) -> str:
     """One non-empty line from the firmware; UserError when none arrives within ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
-    buffer = b""
+    buffer, log = b"", ""
     while time.monotonic() < deadline:
         buffer += link.readline()
         if buffer.endswith(b"\n"):
             text = buffer.decode(errors="replace").strip()
+            buffer = b""
+            if text.startswith("LOG "):  # the engine's own log (TFLM's MicroPrintf): kept for errors
+                log = text[4:]
+                continue
             if text.startswith("ERROR"):
-                raise UserError(f"the firmware reported: {text}")
+                raise UserError(f"the firmware reported: {text}" + (f" (its log: {log})" if log else ""))
             if text:
                 return text
-            buffer = b""
-    raise UserError(f"no reply from the board within {timeout:.0f} s while waiting for {what}: "
-                    "it stopped answering, or this is the wrong port")
+    raise _NoReply(f"no reply from the board within {timeout:.0f} s while waiting for {what}: "
+                   "it stopped answering, or this is the wrong port")
 
 
 def latest_best_model(runs_dir: Path, data_dir: str | None = None) -> Path:

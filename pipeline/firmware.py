@@ -8,20 +8,32 @@ check backs that up.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import shutil
 import socket
 import subprocess
 from pathlib import Path
 
-from pipeline import aot
+from pipeline import aot, costs, tflite_graph, tflite_model, tflm
 from pipeline.boards import Board
 from pipeline.errors import UserError
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent / "tflm_project"
 BUILD_TIMEOUT_S = 600
 MIN_STACK_BYTES = 1024
+TFLM_MIN_STACK_BYTES = 4096  # TFLM's Invoke runs deeper than the AOT engine's flat calls
+TFLM_LIBRARY_TIMEOUT_S = 3600
 ENGINES = ("aot", "tflm")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelFigures:
+    """What the device result reports of the model itself, whatever the engine."""
+
+    weight_bytes: int          # kernels as stored (dense or bitmap-sparse) plus biases
+    nonzero_weight_bytes: int  # MS
+    working_memory_bytes: int  # WM
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,7 +44,8 @@ class Firmware:
     text_bytes: int   # code, constants (weights) and the vector table
     data_bytes: int
     bss_bytes: int
-    model: aot.AotModel
+    model: ModelFigures
+    make_args: tuple[str, ...]  # the variables it was built with (flashing rebuilds nothing)
 
     @property
     def flash_bytes(self) -> int:
@@ -40,38 +53,72 @@ class Firmware:
         return self.text_bytes + self.data_bytes
 
 
-def build(model_data: bytes, board: Board, engine: str, build_dir: Path, label: str) -> Firmware:
-    """Generates the model's C sources and builds the firmware ELF in ``build_dir``."""
+def build(model_data: bytes, board: Board, engine: str, build_dir: Path, label: str,
+          tflm_arena_bytes: int = 0) -> Firmware:
+    """Generates the model's sources and builds the firmware ELF in ``build_dir``.
+
+    For ``engine == "tflm"``, ``tflm_arena_bytes`` sizes TFLM's static arena;
+    0 builds the probe that lends TFLM all free RAM and reports what it used.
+    """
     if engine not in ENGINES:
         raise UserError(f"unknown engine {engine!r}: expected one of {', '.join(ENGINES)}")
-    if engine == "tflm":
-        raise UserError("ENGINE=tflm (TensorFlow Lite Micro from TFLM_DIR) is not built yet: use ENGINE=aot")
     if shutil.which("arm-none-eabi-gcc") is None:
         raise UserError("arm-none-eabi-gcc not found: install the Debian packages gcc-arm-none-eabi, "
                         "libnewlib-arm-none-eabi and libstdc++-arm-none-eabi-newlib")
-    model = aot.generate(model_data, label)
-    ram_needed = model.arena_bytes + MIN_STACK_BYTES
-    if model.weight_bytes > board.flash_bytes or ram_needed > board.ram_bytes:
-        raise UserError(f"{label} does not fit {board.name}: needs {model.weight_bytes:,} B of weights "
-                        f"(flash {board.flash_bytes:,} B) and {ram_needed:,} B of RAM for arena and stack "
-                        f"(RAM {board.ram_bytes:,} B): pick a smaller Pareto model or search with "
-                        f"--board {board.name}")
     build_dir = build_dir.resolve()
-    aot.write_sources(model, build_dir / "gen")
-    command = ["make", "-C", str(PROJECT_DIR), f"BOARD={board.name}", f"ENGINE={engine}",
-               f"BUILD={build_dir}", f"GEN_DIR={build_dir / 'gen'}", f"MIN_STACK_BYTES={MIN_STACK_BYTES}"]
+    gen = build_dir / "gen"
+    args = [f"BOARD={board.name}", f"ENGINE={engine}", f"BUILD={build_dir}", f"GEN_DIR={gen}"]
+    if engine == "aot":
+        model = aot.generate(model_data, label)
+        figures = ModelFigures(model.weight_bytes, model.nonzero_weight_bytes, model.working_memory_bytes)
+        ram_needed = model.arena_bytes + MIN_STACK_BYTES
+        flash_needed = model.weight_bytes
+        aot.write_sources(model, gen)
+        args.append(f"MIN_STACK_BYTES={MIN_STACK_BYTES}")
+    else:
+        tree = tflm.tree_for(board)
+        figures = _flatbuffer_figures(model_data)
+        ram_needed, flash_needed = tflm_arena_bytes + TFLM_MIN_STACK_BYTES, len(model_data)
+        tflm.write_sources(model_data, gen, label)
+        args += [f"TFLM_DIR={tree}", f"TFLM_LIB_DIR={tflm.library_dir(tree, board)}",
+                 f"TFLM_ARENA_BYTES={tflm_arena_bytes}", f"MIN_STACK_BYTES={TFLM_MIN_STACK_BYTES}"]
+        _make([*args, "tflm-lib", f"-j{os.cpu_count() or 2}"], TFLM_LIBRARY_TIMEOUT_S, board, build_dir,
+              "compiling the TFLM library (once per core and tree)")
+    if flash_needed > board.flash_bytes or ram_needed > board.ram_bytes:
+        raise UserError(f"{label} does not fit {board.name} with ENGINE={engine}: needs {flash_needed:,} B of "
+                        f"weights (flash {board.flash_bytes:,} B) and {ram_needed:,} B of RAM for arena and "
+                        f"stack (RAM {board.ram_bytes:,} B): pick a smaller Pareto model or search with "
+                        f"--board {board.name}")
+    _make(args, BUILD_TIMEOUT_S, board, build_dir, "the firmware build")
+    sizes = _section_sizes(build_dir / "size.txt")
+    text = sum(sizes.get(s, 0) for s in (".isr_vector", ".text", ".ARM.exidx", ".init_array"))
+    return Firmware(build_dir / "firmware.elf", text, sizes.get(".data", 0), sizes.get(".bss", 0), figures,
+                    tuple(args))
+
+
+def _make(args: list[str], timeout: int, board: Board, build_dir: Path, what: str) -> None:
+    command = ["make", "-C", str(PROJECT_DIR), *args]
     try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
+        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        raise UserError(f"the firmware build took over {BUILD_TIMEOUT_S} s and was stopped") from None
+        raise UserError(f"{what} took over {timeout} s and was stopped") from None
     if result.returncode != 0:
         overflow = re.search(r"region `(\w+)' overflowed by (\d+) bytes|RAM overflow[^\n]*", result.stderr)
         detail = overflow.group(0) if overflow else (result.stderr.strip().splitlines() or ["?"])[-1]
-        raise UserError(f"firmware build for {board.name} failed: {detail} (full log: make -C tflm_project "
-                        f"BOARD={board.name} BUILD={build_dir})")
-    sizes = _section_sizes(build_dir / "size.txt")
-    text = sizes.get(".isr_vector", 0) + sizes.get(".text", 0) + sizes.get(".ARM.exidx", 0)
-    return Firmware(build_dir / "firmware.elf", text, sizes.get(".data", 0), sizes.get(".bss", 0), model)
+        raise UserError(f"{what} for {board.name} failed: {detail} (full log: make -C tflm_project "
+                        f"{' '.join(args)})")
+
+
+def _flatbuffer_figures(model_data: bytes) -> ModelFigures:
+    """Weights as the flatbuffer stores them (dense), MS and WM, for an interpreter engine."""
+    graph = tflite_graph.read_graph(model_data)
+    stored = 0
+    for op in graph.operators:
+        if op.name in tflite_model.WEIGHTED_OPS:
+            stored += sum(graph.tensors[i].data.nbytes for i in op.inputs[1:3]
+                          if i >= 0 and graph.tensors[i].data is not None)
+    resources = tflite_model.resource_graph(model_data)
+    return ModelFigures(stored, costs.model_size_bytes(resources), costs.working_memory_bytes(resources))
 
 
 def _section_sizes(path: Path) -> dict[str, int]:

@@ -19,8 +19,8 @@ from pipeline.space import hyperparameter_names
 
 METRIC_COLUMNS = ("accuracy", "int8_accuracy", "float_accuracy", "model_size_bytes",
                   "working_memory_bytes", "analytical_model_size_bytes",
-                  "analytical_working_memory_bytes", "aot_arena_bytes", "sparsity", "flatbuffer_bytes",
-                  "arena_bytes")
+                  "analytical_working_memory_bytes", "aot_arena_bytes", "firmware_flash_bytes",
+                  "firmware_ram_bytes", "sparsity", "flatbuffer_bytes", "arena_bytes")
 PARETO_OBJECTIVES = ("error", "model_size_bytes", "working_memory_bytes")
 HYPERVOLUME_REFERENCE = {"error": 1.0, "model_size": 1.0, "working_memory": 1.0}
 

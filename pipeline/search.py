@@ -14,6 +14,7 @@ from tqdm import tqdm
 from pipeline.boards import get_board
 from pipeline.builder import SparseHyperModel
 from pipeline.datasets import load_dataset, resolve_data_dir
+from pipeline.engine_costs import engine_cost
 from pipeline.errors import UserError, ensure_directory
 from pipeline.oracle import KerasTunerBayesianOracle, RandomOracle, SparseOracle, check_seed
 from pipeline.results import best_trial, front_hypervolume, write_results
@@ -21,14 +22,20 @@ from pipeline.tuner import Budget, SparseTuner, analytical_costs
 
 OPTIMIZERS = ("sparse", "random", "kt-bayes")
 RUN_FILE = "run.json"
-IDENTITY = ("dataset", "board", "max_ram", "max_flash", "optimizer", "seed", "epochs")
+IDENTITY = ("dataset", "board", "max_ram", "max_flash", "optimizer", "seed", "epochs", "engine")
+IDENTITY_DEFAULTS = {"engine": "aot"}  # runs made before the setting existed
 MAX_CONSECUTIVE_FAILURES = 3
 
 
 def run_search(dataset: str, trials: int, epochs: int, board: str, optimizer: str, seed: int,
                out: Path, data_dir: str | None = None, max_ram: int | None = None,
-               max_flash: int | None = None, quiet: bool = False) -> list[dict[str, Any]]:
-    """Runs a search until ``trials`` trials have ended; resumes when ``out`` holds the same search."""
+               max_flash: int | None = None, quiet: bool = False, engine: str = "aot") -> list[dict[str, Any]]:
+    """Runs a search until ``trials`` trials have ended; resumes when ``out`` holds the same search.
+
+    A candidate is feasible when its MS and WM fit ``max_flash`` and
+    ``max_ram`` and its firmware, with ``engine``'s measured fixed costs,
+    fits the board.
+    """
     if optimizer not in OPTIMIZERS:
         raise UserError(f"unknown optimizer {optimizer!r}: expected one of {', '.join(OPTIMIZERS)}")
     for name, value in (("trials", trials), ("epochs", epochs)):
@@ -36,16 +43,17 @@ def run_search(dataset: str, trials: int, epochs: int, board: str, optimizer: st
             raise UserError(f"--{name} {value} is not allowed: give a whole number of at least 1")
     check_seed(seed)
     spec = get_board(board)
+    cost = engine_cost(board, engine)
     data = load_dataset(dataset, data_dir)
     run = {"dataset": dataset, "board": board,
            "max_ram": _budget("--max-ram", max_ram, spec.ram_bytes, int(np.prod(data.input_shape)),
                               "RAM", spec.name, "the input image alone needs"),
            "max_flash": _budget("--max-flash", max_flash, spec.flash_bytes, 2, "flash", spec.name,
                                 "the log-scaled size objective needs"),
-           "optimizer": optimizer, "seed": seed, "epochs": epochs,
+           "optimizer": optimizer, "seed": seed, "epochs": epochs, "engine": engine,
            "data_dir": str(resolve_data_dir(data_dir))}  # not part of its identity: export reads it
     _claim_output_dir(out, run)
-    budget = Budget(run["max_ram"], run["max_flash"])
+    budget = Budget(run["max_ram"], run["max_flash"], cost, spec.ram_bytes, spec.flash_bytes)
     oracle = _make_oracle(optimizer, trials, seed, data, budget)
     (out / RUN_FILE).write_text(json.dumps(run, indent=2) + "\n")
 
@@ -110,7 +118,7 @@ def _claim_output_dir(out: Path, run: dict[str, Any]) -> None:
     existing = out / RUN_FILE
     if existing.is_file():
         old = json.loads(existing.read_text())
-        differs = [k for k in IDENTITY if old.get(k) != run[k]]
+        differs = [k for k in IDENTITY if old.get(k, IDENTITY_DEFAULTS.get(k)) != run[k]]
         if differs:
             detail = ", ".join(f"{k} {old.get(k)!r} (now {run[k]!r})" for k in differs)
             raise UserError(f"--out {str(out)!r} holds a different search ({detail}): "

@@ -127,14 +127,18 @@ def resource_graph(data: bytes) -> ResourceGraph:
     activations = produced | set(graph_inputs)
     ops = []
     for op in ops_details:
-        kernel = bias = 0
+        kernel = bias = dense = rows = biases = 0
         if op["op_name"] in WEIGHTED_OPS:
-            kernel = int(np.count_nonzero(interp.get_tensor(op["inputs"][1])))
+            weights = interp.get_tensor(op["inputs"][1])
+            kernel, dense = int(np.count_nonzero(weights)), int(weights.size)
+            rows = int(weights.shape[0])  # OHWI filters; a depthwise kernel [1,H,W,C] is one row
             if len(op["inputs"]) > 2 and op["inputs"][2] >= 0:
-                bias = int(np.count_nonzero(interp.get_tensor(op["inputs"][2])))
+                values = interp.get_tensor(op["inputs"][2])
+                bias, biases = int(np.count_nonzero(values)), int(values.size)
         ops.append(GraphOp(f"{op['index']}:{op['op_name']}",
                            tuple(str(i) for i in op["inputs"] if i in activations),
-                           str(op["outputs"][0]), kernel, bias, alias=op["op_name"] in ALIAS_OPS))
+                           str(op["outputs"][0]), kernel, bias, alias=op["op_name"] in ALIAS_OPS,
+                           kernel_weights=dense, rows=rows, bias_weights=biases))
     sizes = {str(i): int(np.prod(tensors[i]["shape"])) * tensors[i]["dtype"]().itemsize
              for i in activations}
     outputs = tuple(str(d["index"]) for d in interp.get_output_details())

@@ -23,6 +23,7 @@ from keras_tuner.errors import FailedTrialError
 from pipeline import costs, tflite_model
 from pipeline.architecture import decode, plan
 from pipeline.datasets import Dataset
+from pipeline.engine_costs import EngineCost
 from pipeline.oracle import normalised_objectives
 from pipeline.training import TrainingSettings, train_candidate
 
@@ -32,20 +33,22 @@ KERAS_FILE = "model_float.h5"  # HDF5: the .keras format cannot reload QAT model
 
 @dataclasses.dataclass(frozen=True)
 class Budget:
-    """Resource budget of the target board, in bytes."""
+    """Resource budget, in bytes: the model's (WM, MS) and, with an engine, the whole board's."""
 
     max_ram: int
     max_flash: int
+    engine: EngineCost | None = None  # what the engine adds on the board; None: the model alone
+    board_ram: int = 0
+    board_flash: int = 0
 
 
 def analytical_costs(values: Mapping[str, Any], input_shape: tuple[int, int, int], num_classes: int,
                      budget: Budget) -> dict:
     """Exact MS and WM of a candidate after its pruning targets, and whether it fits the budget.
 
-    Constraints follow Optuna's convention (<= 0 is feasible): MS - flash
-    budget and arena - RAM budget, where the arena is what the AOT engine
-    allocates (:func:`pipeline.costs.arena_plan`, at least WM); it is only
-    worked out when WM itself fits.
+    See :func:`resource_costs` for the constraints; the AOT arena
+    (:func:`pipeline.costs.arena_plan`, at least WM) is only worked out when
+    WM itself fits.
     """
     arch, compression = decode(values, input_shape, num_classes)
     graph = costs.graph_from_plan(plan(arch.with_channel_keep(compression.block_channel_keep)),
@@ -54,13 +57,28 @@ def analytical_costs(values: Mapping[str, Any], input_shape: tuple[int, int, int
 
 
 def resource_costs(graph: costs.ResourceGraph, budget: Budget) -> dict:
-    """MS, WM and the AOT arena of a resource graph, with constraints against the budget."""
+    """MS, WM, the AOT arena and the whole firmware's flash and RAM, with named constraints.
+
+    Constraints follow Optuna's convention (<= 0 is feasible): ``model_size``
+    (MS against --max-flash), ``working_memory`` (the AOT arena, at least WM,
+    against --max-ram) and, with an engine, ``board_flash`` and ``board_ram``:
+    the weights as that engine stores them plus the activations plus its
+    measured fixed costs (:mod:`pipeline.engine_costs`) against the board.
+    """
     ms = costs.model_size_bytes(graph)
     wm, order = costs.best_schedule(graph)  # solved once: WM and the order the arena is planned over
     arena = costs.arena_plan(graph, order)[0] if wm <= budget.max_ram else wm
-    constraints = (ms - budget.max_flash, arena - budget.max_ram)
-    return {"model_size_bytes": ms, "working_memory_bytes": wm, "aot_arena_bytes": arena,
-            "constraints": constraints, "feasible": all(c <= 0 for c in constraints)}
+    constraints = {"model_size": ms - budget.max_flash, "working_memory": arena - budget.max_ram}
+    found = {"model_size_bytes": ms, "working_memory_bytes": wm, "aot_arena_bytes": arena}
+    if budget.engine is not None:
+        aot = budget.engine.engine == "aot"
+        ops = costs.operator_count(graph)
+        weights = costs.block_sparse_weight_bytes(graph) if aot else costs.dense_weight_bytes(graph)
+        found["firmware_flash_bytes"] = budget.engine.flash_needed(weights, ops)
+        found["firmware_ram_bytes"] = budget.engine.ram_needed(arena if aot else wm, ops)
+        constraints |= {"board_flash": found["firmware_flash_bytes"] - budget.board_flash,
+                        "board_ram": found["firmware_ram_bytes"] - budget.board_ram}
+    return found | {"constraints": constraints, "feasible": all(c <= 0 for c in constraints.values())}
 
 
 class SparseTuner(base_tuner.BaseTuner):
@@ -142,8 +160,9 @@ class SparseTuner(base_tuner.BaseTuner):
         int8_accuracy = float(np.mean(outputs.argmax(axis=1) == data.y_val))
         measured = resource_costs(tflite_model.resource_graph(flatbuffer), self.budget)
         ms, wm = measured["model_size_bytes"], measured["working_memory_bytes"]
+        firmware = {k: measured[k] for k in ("firmware_flash_bytes", "firmware_ram_bytes") if k in measured}
         return self._metrics(1.0 - int8_accuracy, ms, wm, feasible=measured["feasible"],
-                             aot_arena_bytes=measured["aot_arena_bytes"],
+                             aot_arena_bytes=measured["aot_arena_bytes"], **firmware,
                              seconds=time.monotonic() - started, float_accuracy=float_accuracy,
                              int8_accuracy=int8_accuracy, sparsity=tflite_model.kernel_sparsity(flatbuffer),
                              flatbuffer_bytes=len(flatbuffer), arena_bytes=arena,

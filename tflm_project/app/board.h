@@ -4,6 +4,10 @@
 
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 void board_init(void);
 void board_uart_write(const char* data, int length);
 /* Blocks until one byte arrives. */
@@ -14,5 +18,9 @@ uint32_t board_ticks(void);
 /* Linker-script symbols: the stack region [_stack_limit, _stack_top). */
 extern uint32_t _stack_limit;
 extern uint32_t _stack_top;
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif /* BOARD_H_ */

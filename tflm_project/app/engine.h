@@ -5,13 +5,22 @@
 
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 int engine_init(void);              /* 0 on success */
 int8_t* engine_input(void);
 const int8_t* engine_output(void);
 int engine_input_bytes(void);
 int engine_output_bytes(void);
-int engine_arena_bytes(void);
+int engine_arena_bytes(void);       /* what the engine's activations and bookkeeping use */
+int engine_arena_capacity(void);    /* what it reserves for them (TFLM: can exceed the above) */
 int engine_invoke(void);            /* 0 on success */
 const char* engine_name(void);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif /* ENGINE_H_ */

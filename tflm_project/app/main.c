@@ -1,11 +1,11 @@
 /* Firmware main: set up, then answer the host over the UART, one line per command.
  *
  * Protocol (ASCII lines, '\n' terminated):
- *   firmware -> host at start:  READY engine=<name> input=<bytes> output=<bytes> arena=<bytes>
+ *   firmware -> host at start:  READY engine=<name> input=<bytes> output=<bytes> arena=<bytes> capacity=<bytes>
  *   host -> firmware:           I <input bytes as hex>
  *   firmware -> host:           RESULT ticks=<u32> out=<output bytes as hex>
  *   host -> firmware:           S
- *   firmware -> host:           STATS stack=<peak stack bytes> arena=<bytes>
+ *   firmware -> host:           STATS stack=<peak stack bytes> arena=<bytes> capacity=<bytes>
  *   anything else:              ERROR <reason>
  */
 #include <stdint.h>
@@ -119,6 +119,8 @@ int main(void) {
   put_uint((uint32_t)engine_output_bytes());
   put(" arena=");
   put_uint((uint32_t)engine_arena_bytes());
+  put(" capacity=");
+  put_uint((uint32_t)engine_arena_capacity());
   put("\n");
   for (;;) {
     const char command = (char)board_uart_read();
@@ -131,6 +133,8 @@ int main(void) {
       put_uint(stack_peak());
       put(" arena=");
       put_uint((uint32_t)engine_arena_bytes());
+      put(" capacity=");
+      put_uint((uint32_t)engine_arena_capacity());
       put("\n");
     } else {
       skip_line();

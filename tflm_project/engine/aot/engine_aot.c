@@ -10,6 +10,7 @@ const int8_t* engine_output(void) { return arena + AOT_OUTPUT_OFFSET; }
 int engine_input_bytes(void) { return AOT_INPUT_BYTES; }
 int engine_output_bytes(void) { return AOT_OUTPUT_BYTES; }
 int engine_arena_bytes(void) { return AOT_ARENA_BYTES; }
+int engine_arena_capacity(void) { return AOT_ARENA_BYTES; }
 int engine_invoke(void) {
   aot_model_invoke(arena);
   return 0;

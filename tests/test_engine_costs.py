@@ -1,0 +1,77 @@
+"""The search's budget means "fits on this board with this engine", fixed costs included."""
+from __future__ import annotations
+
+import os
+
+import keras_tuner
+import pytest
+
+from pipeline import costs, tflite_model
+from pipeline.architecture import decode, plan
+from pipeline.boards import get_board
+from pipeline.datasets import load_dataset
+from pipeline.device import run_device
+from pipeline.engine_costs import engine_cost, upper_envelope
+from pipeline.space import new_space
+from pipeline.training import TrainingSettings, train_candidate
+from pipeline.tuner import Budget, analytical_costs
+
+
+def test_upper_envelope_lies_on_or_above_every_point():
+    points = [(3, 1000), (5, 1180), (8, 1500), (4, 1200)]
+    fixed, per_op = upper_envelope(points)
+    assert all(fixed + per_op * ops >= measured for ops, measured in points)
+    assert any(fixed + per_op * ops == measured for ops, measured in points)  # tight, not padded
+    assert upper_envelope([(2, 50), (2, 70)]) == (70, 0)
+
+
+def test_the_block_sparse_bound_holds_for_a_pruned_model(data_dir, base_values):
+    from pipeline import aot
+
+    data = load_dataset("usps", data_dir)
+    values = base_values | {"block1_sparsity": 0.7, "fc_sparsity": 0.7, "pruning_start_fraction": 0.0,
+                            "pruning_ramp_fraction": 0.2, "block1_layer1_filters": 8}
+    arch, compression = decode(values, data.input_shape, data.num_classes)
+    model = train_candidate(arch, compression, TrainingSettings.from_values(values, 1),
+                            data.x_train[:1000], data.y_train[:1000], seed=0)
+    flatbuffer = tflite_model.convert_int8(model, data.x_train)
+    budget = Budget(1 << 20, 1 << 20)
+    promised = analytical_costs(values, data.input_shape, data.num_classes, budget)
+    stored = aot.generate(flatbuffer).weight_bytes
+    graph = costs.graph_from_plan(plan(arch.with_channel_keep(compression.block_channel_keep)), compression)
+    assert stored <= costs.block_sparse_weight_bytes(graph) < costs.dense_weight_bytes(graph)
+    assert promised["model_size_bytes"] >= costs.model_size_bytes(tflite_model.resource_graph(flatbuffer))
+
+
+def _largest_feasible_candidate(board_name: str, engine: str, input_shape, classes) -> tuple[dict, dict]:
+    board = get_board(board_name)
+    budget = Budget(board.ram_bytes, board.flash_bytes, engine_cost(board_name, engine), board.ram_bytes,
+                    board.flash_bytes)
+    oracle = keras_tuner.Oracle(objective=keras_tuner.Objective("error", "min"), seed=7)
+    oracle.update_space(new_space())
+    best = None
+    for _ in range(400):
+        values = oracle._random_values()
+        found = analytical_costs(values, input_shape, classes, budget)
+        if found["feasible"] and (best is None or found["firmware_ram_bytes"] > best[1]["firmware_ram_bytes"]):
+            best = (values, found)
+    assert best is not None
+    return best
+
+
+@pytest.mark.parametrize("engine", ["aot", pytest.param("tflm", marks=pytest.mark.skipif(
+    not os.environ.get("TFLM_DIR"), reason="no TFLM tree: set TFLM_DIR (make tflm makes one)"))])
+def test_the_largest_model_the_search_calls_feasible_on_the_microbit_runs_there(engine, data_dir, tmp_path):
+    data = load_dataset("usps", data_dir)
+    values, promised = _largest_feasible_candidate("microbit", engine, data.input_shape, data.num_classes)
+    assert promised["firmware_ram_bytes"] > 16384 * 0.6  # near the board's 16 KB: a real test of the bound
+    arch, compression = decode(values, data.input_shape, data.num_classes)
+    model = train_candidate(arch, compression, TrainingSettings.from_values(values, 1),
+                            data.x_train[:1000], data.y_train[:1000], seed=0)
+    path = tmp_path / "model_int8.tflite"
+    path.write_bytes(tflite_model.convert_int8(model, data.x_train))
+    result = run_device(path, "qemu-microbit", engine, tmp_path / "out", samples=3, dataset="usps",
+                        data_dir=str(data_dir))
+    assert result["outputs_match"] == 1.0
+    assert result["ram_bytes"] <= promised["firmware_ram_bytes"] <= 16384
+    assert result["flash_bytes"] <= promised["firmware_flash_bytes"] <= 262144

@@ -1,0 +1,58 @@
+// What TFLite Micro asks of a platform, in place of its cortex_m_generic files
+// (whose timer needs CMSIS device headers the generated tree lacks): log lines
+// go to the board's UART, time comes from the board's tick counter, and the C++
+// runtime hooks a bare-metal build needs (no heap, no exceptions) are stubs.
+#include <errno.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "board.h"
+#include "tensorflow/lite/micro/debug_log.h"
+#include "tensorflow/lite/micro/micro_time.h"
+
+extern "C" {
+bool tflm_log_quiet = false;  // the probe's trial allocations fail by design: not worth a line
+}
+
+// Each log line goes out as "LOG <text>", which the host keeps apart from the protocol's lines.
+extern "C" void DebugLog(const char* format, va_list args) {
+  static bool at_line_start = true;
+  if (tflm_log_quiet) return;
+  char text[128];
+  int n = vsnprintf(text, sizeof(text), format, args);
+  if (n <= 0) return;
+  if (n >= (int)sizeof(text)) n = (int)sizeof(text) - 1;
+  for (int i = 0; i < n; ++i) {
+    if (text[i] == '\r') continue;
+    if (at_line_start) board_uart_write("LOG ", 4);
+    board_uart_write(&text[i], 1);
+    at_line_start = text[i] == '\n';
+  }
+}
+
+extern "C" int DebugVsnprintf(char* buffer, size_t size, const char* format, va_list args) {
+  return vsnprintf(buffer, size, format, args);
+}
+
+namespace tflite {
+uint32_t ticks_per_second() { return BOARD_TIMER_HZ; }
+uint32_t GetCurrentTimeTicks() { return board_ticks(); }
+}  // namespace tflite
+
+// No heap: newlib's printf family links malloc for buffers a string target never needs; a call
+// would get NULL, never memory outside what ram_bytes counts.
+extern "C" void* _sbrk(ptrdiff_t) {
+  errno = ENOMEM;
+  return (void*)-1;
+}
+
+// TFLM never frees what it places in the arena; these keep libstdc++'s heap out.
+void operator delete(void*) noexcept {}
+void operator delete(void*, size_t) noexcept {}
+extern "C" void __cxa_pure_virtual() {
+  for (;;) {
+  }
+}
