@@ -109,6 +109,11 @@ def operator_count(graph: ResourceGraph) -> int:
     return sum(not op.alias for op in graph.ops)
 
 
+def output_channels(graph: ResourceGraph) -> int:
+    """Output channels of the weighted operators: what per-channel quantisation data scales with."""
+    return sum(op.rows for op in graph.ops)
+
+
 def dense_weight_bytes(graph: ResourceGraph) -> int:
     """Kernels and biases as a dense format (TFLite's flatbuffer) stores them, zeros included."""
     return sum(op.kernel_weights * KERNEL_BYTES + op.bias_weights * BIAS_BYTES for op in graph.ops)

@@ -60,7 +60,15 @@ def run_device(model_path: Path, board_name: str, engine: str, out_dir: Path, po
     if engine == "tflm":  # the arena TFLM needs, found on the device by a probe that lends it all free RAM
         probe = firmware.build(data, board, engine, out_dir / "firmware-probe", str(model_path))
         with _connect(board, probe, port) as link:
-            capacity = _ready_field(_wait_ready(link, board), "capacity")
+            try:
+                capacity = _ready_field(_wait_ready(link, board), "capacity")
+            except _Reported as exc:
+                if "engine init failed" not in str(exc):
+                    raise
+                raise UserError(f"{model_path} does not fit {board.name} with ENGINE=tflm: TensorFlow Lite Micro "
+                                f"could not allocate its tensors in the RAM left free ({exc.log or 'no log'}): "
+                                f"pick a smaller Pareto model or search with --board {board.name} "
+                                "--engine tflm") from None
         build = firmware.build(data, board, engine, out_dir / "firmware", str(model_path),
                                tflm_arena_bytes=capacity)
     else:
@@ -202,6 +210,14 @@ def _flash(board: Board, build: firmware.Firmware) -> None:
                         "(is the board attached and the tool installed?)")
 
 
+class _Reported(UserError):
+    """The firmware sent an ERROR line; ``log`` is the engine's last log line before it."""
+
+    def __init__(self, message: str, log: str) -> None:
+        super().__init__(message)
+        self.log = log
+
+
 class _NoReply(UserError):
     """The firmware sent nothing in time (as opposed to sending an ERROR line)."""
 
@@ -240,7 +256,7 @@ def _read_line(link: Any, timeout: float, what: str) -> str:
                 log = text[4:]
                 continue
             if text.startswith("ERROR"):
-                raise UserError(f"the firmware reported: {text}" + (f" (its log: {log})" if log else ""))
+                raise _Reported(f"the firmware reported: {text}" + (f" (its log: {log})" if log else ""), log)
             if text:
                 return text
     raise _NoReply(f"no reply from the board within {timeout:.0f} s while waiting for {what}: "

@@ -72,10 +72,10 @@ def resource_costs(graph: costs.ResourceGraph, budget: Budget) -> dict:
     found = {"model_size_bytes": ms, "working_memory_bytes": wm, "aot_arena_bytes": arena}
     if budget.engine is not None:
         aot = budget.engine.engine == "aot"
-        ops = costs.operator_count(graph)
+        ops, channels = costs.operator_count(graph), costs.output_channels(graph)
         weights = costs.block_sparse_weight_bytes(graph) if aot else costs.dense_weight_bytes(graph)
-        found["firmware_flash_bytes"] = budget.engine.flash_needed(weights, ops)
-        found["firmware_ram_bytes"] = budget.engine.ram_needed(arena if aot else wm, ops)
+        found["firmware_flash_bytes"] = budget.engine.flash_needed(weights, ops, channels)
+        found["firmware_ram_bytes"] = budget.engine.ram_needed(arena if aot else wm, ops, channels)
         constraints |= {"board_flash": found["firmware_flash_bytes"] - budget.board_flash,
                         "board_ram": found["firmware_ram_bytes"] - budget.board_ram}
     return found | {"constraints": constraints, "feasible": all(c <= 0 for c in constraints.values())}

@@ -6,17 +6,20 @@ the search makes), this builds and runs the firmware of every engine on every
 emulated board and records, per model:
 
 - flash beyond the weights as the engine stores them (code, constants, tables);
-- RAM beyond the activations (statics, peak stack; for TFLM also the arena's
-  bookkeeping and planning slack above WM);
+- RAM beyond the activations that the firmware needs to link: statics and the
+  stack reserve the linker keeps free (pipeline.firmware.STACK_RESERVE_BYTES;
+  every measured stack peak is checked against it), and for TFLM the arena's
+  bookkeeping and planning space above WM;
 
-then fits an upper envelope fixed + per_op x operators over the models, adds a
+then fits an upper envelope fixed + per_op x operators + per_channel x output
+channels of the weighted layers over the models, adds a
 stated margin (1 KB of flash, 128 B of RAM) and writes it (see
 pipeline/engine_costs.py). A real board gets the figures of its
 emulated twin (same core, same code but for the timer).
 
 Usage:
     .venv/bin/python scripts/measure_engine_costs.py --data-dir ../shared/datasets [--engines aot tflm]
-    make measure-engine-costs DATA_DIR=../shared/datasets TFLM_DIR=PATH
+    make measure-engine-costs DATA_DIR=../shared/datasets TFLM_DIR=PATH [ENGINES=aot]
 """
 from __future__ import annotations
 
@@ -29,14 +32,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pipeline  # noqa: E402,F401
-from pipeline import tflite_model  # noqa: E402
+from pipeline import costs, tflite_model  # noqa: E402
 from pipeline.architecture import decode  # noqa: E402
 from pipeline.boards import load_boards  # noqa: E402
 from pipeline.builder import build_model  # noqa: E402
 from pipeline.datasets import load_dataset  # noqa: E402
 from pipeline.device import run_device  # noqa: E402
 from pipeline.engine_costs import EngineCost, upper_envelope, write_engine_costs  # noqa: E402
-from pipeline.errors import run_script  # noqa: E402
+from pipeline.errors import UserError, run_script  # noqa: E402
+from pipeline.firmware import STACK_RESERVE_BYTES  # noqa: E402
 from pipeline.space import new_space  # noqa: E402
 
 # Added to the fitted envelope for what six models cannot show (a deeper stack in another kernel
@@ -45,7 +49,8 @@ FLASH_MARGIN_BYTES = 1024
 RAM_MARGIN_BYTES = 128
 
 # Architectures spanning the search space's operators: plain, separable, downsampled,
-# two blocks, FC, both branches with Sum and Concatenate merges.
+# two blocks, FC, both branches with Sum and Concatenate merges; and from 8 to 64 filters,
+# so that what grows with channels (TFLM's per-channel tables in RAM) is measured, not guessed.
 VARIANTS = (
     {},
     {"block1_num_layers": 2, "block1_layer2_type": "SeparableConv2D", "block1_layer2_filters": 8},
@@ -57,6 +62,11 @@ VARIANTS = (
     {"left_branch": True, "merge_type": "Concatenate", "block1_num_layers": 3, "block1_layer1_filters": 4,
      "block1_layer2_filters": 4, "block1_layer3_filters": 6, "total_fc_weights": 3000,
      "downsample_input": True, "input_downsampling_rate": 2},
+    {"downsample_input": True, "block1_layer1_filters": 64, "block1_layer1_kernel": 5},
+    {"downsample_input": True, "block1_num_layers": 2, "block1_layer1_type": "SeparableConv2D",
+     "block1_layer1_filters": 48, "block1_layer2_filters": 32, "num_fc_layers": 1, "total_fc_weights": 8000},
+    {"downsample_input": True, "num_conv_blocks": 2, "block1_layer1_filters": 24, "block2_num_layers": 2,
+     "block2_layer1_filters": 40, "block2_layer2_type": "SeparableConv2D", "block2_layer2_filters": 56},
 )
 
 
@@ -74,8 +84,8 @@ def _layer_defaults() -> dict:
     return values
 
 
-def _models(folder: Path, data) -> list[tuple[Path, int]]:
-    """Writes one int8 .tflite per variant; returns (path, operators) pairs."""
+def _models(folder: Path, data) -> list[tuple[Path, int, int]]:
+    """Writes one int8 .tflite per variant; returns (path, operators, output channels) triples."""
     made = []
     for i, variant in enumerate(VARIANTS):
         values = _layer_defaults() | dict(new_space().values) | {"block1_layer1_filters": 8} | variant
@@ -84,8 +94,8 @@ def _models(folder: Path, data) -> list[tuple[Path, int]]:
         path = folder / f"variant{i}" / "model_int8.tflite"
         path.parent.mkdir(parents=True)
         path.write_bytes(flatbuffer)
-        ops = sum(not op.alias for op in tflite_model.resource_graph(flatbuffer).ops)
-        made.append((path, ops))
+        graph = tflite_model.resource_graph(flatbuffer)
+        made.append((path, costs.operator_count(graph), costs.output_channels(graph)))
     return made
 
 
@@ -104,20 +114,24 @@ def main() -> int:
         for board in (b for b in boards.values() if b.emulated):
             for engine in args.engines:
                 flash, ram = [], []
-                for path, ops in models:
+                for path, ops, channels in models:
                     r = run_device(path, board.name, engine, path.parent / f"{board.name}-{engine}",
                                    samples=args.samples, dataset="usps", data_dir=args.data_dir)
                     activations = r["arena_bytes"] if engine == "aot" else r["working_memory_bytes"]
-                    flash.append((ops, r["flash_bytes"] - r["weight_bytes"]))
-                    ram.append((ops, r["ram_bytes"] - activations))
-                    print(f"{board.name} {engine} {path.parent.name}: {ops} ops, flash {r['flash_bytes']:,} "
+                    if r["stack_bytes"] > STACK_RESERVE_BYTES[engine]:
+                        raise UserError(f"{board.name} {engine} {path.parent.name}: the stack peaked at "
+                                        f"{r['stack_bytes']} B, above the {STACK_RESERVE_BYTES[engine]} B the "
+                                        "linker reserves: raise STACK_RESERVE_BYTES in pipeline/firmware.py")
+                    flash.append((ops, channels, r["flash_bytes"] - r["weight_bytes"]))
+                    ram.append((ops, channels, r["static_ram_bytes"] + STACK_RESERVE_BYTES[engine] - activations))
+                    print(f"{board.name} {engine} {path.parent.name}: {ops} ops, {channels} channels, flash {r['flash_bytes']:,} "
                           f"(weights {r['weight_bytes']:,}), RAM {r['ram_bytes']:,} (WM "
                           f"{r['working_memory_bytes']:,}, arena {r['arena_bytes']:,}, stack {r['stack_bytes']})")
                 for name in [board.name] + [b.name for b in boards.values()
                                             if not b.emulated and b.core == board.core]:
-                    (flash_fixed, flash_per_op), (ram_fixed, ram_per_op) = upper_envelope(flash), upper_envelope(ram)
-                    rows.append(EngineCost(name, engine, flash_fixed + FLASH_MARGIN_BYTES, flash_per_op,
-                                           ram_fixed + RAM_MARGIN_BYTES, ram_per_op, len(models)))
+                    flash_fit, ram_fit = upper_envelope(flash), upper_envelope(ram)
+                    rows.append(EngineCost(name, engine, flash_fit[0] + FLASH_MARGIN_BYTES, *flash_fit[1:],
+                                           ram_fit[0] + RAM_MARGIN_BYTES, *ram_fit[1:], len(models)))
     write_engine_costs(rows)
     for row in rows:
         print(row)

@@ -18,11 +18,14 @@ from pipeline.tuner import Budget, analytical_costs
 
 
 def test_upper_envelope_lies_on_or_above_every_point():
-    points = [(3, 1000), (5, 1180), (8, 1500), (4, 1200)]
-    fixed, per_op = upper_envelope(points)
-    assert all(fixed + per_op * ops >= measured for ops, measured in points)
-    assert any(fixed + per_op * ops == measured for ops, measured in points)  # tight, not padded
-    assert upper_envelope([(2, 50), (2, 70)]) == (70, 0)
+    points = [(3, 40, 1000), (5, 60, 1180), (8, 100, 1500), (4, 300, 3200), (6, 24, 1100)]
+    fixed, per_op, per_channel = upper_envelope(points)
+    assert per_op >= 0 and per_channel > 0
+    assert all(fixed + per_op * o + per_channel * c >= measured for o, c, measured in points)
+    assert any(fixed + per_op * o + per_channel * c == measured for o, c, measured in points)  # tight
+    assert upper_envelope([(2, 10, 50), (2, 10, 70)]) == (70, 0, 0)
+    # a slope that would be negative is dropped, and the other refitted
+    assert upper_envelope([(1, 10, 100), (2, 20, 90), (3, 10, 300)])[1:] == (100, 0)
 
 
 def test_the_block_sparse_bound_holds_for_a_pruned_model(data_dir, base_values):
@@ -72,6 +75,28 @@ def test_the_largest_model_the_search_calls_feasible_on_the_microbit_runs_there(
     path.write_bytes(tflite_model.convert_int8(model, data.x_train))
     result = run_device(path, "qemu-microbit", engine, tmp_path / "out", samples=3, dataset="usps",
                         data_dir=str(data_dir))
-    assert result["outputs_match"] == 1.0
-    assert result["ram_bytes"] <= promised["firmware_ram_bytes"] <= 16384
+    assert result["outputs_match"] == 1.0, (promised, result)
+    assert result["ram_bytes"] <= promised["firmware_ram_bytes"] <= 16384, (promised, result)
     assert result["flash_bytes"] <= promised["firmware_flash_bytes"] <= 262144
+
+
+def test_the_budget_counts_each_engines_own_costs_so_tflm_fits_fewer_models_on_the_microbit(data_dir):
+    data = load_dataset("usps", data_dir)
+    board = get_board("microbit")
+    budgets = {engine: Budget(board.ram_bytes, board.flash_bytes, engine_cost("microbit", engine),
+                              board.ram_bytes, board.flash_bytes) for engine in ("aot", "tflm")}
+    oracle = keras_tuner.Oracle(objective=keras_tuner.Objective("error", "min"), seed=3)
+    oracle.update_space(new_space())
+    feasible = {"aot": 0, "tflm": 0}
+    for _ in range(200):
+        values = oracle._random_values()
+        found = {e: analytical_costs(values, data.input_shape, data.num_classes, b) for e, b in budgets.items()}
+        for engine, costs_found in found.items():
+            feasible[engine] += costs_found["feasible"]
+            # the whole firmware is budgeted, not only MS and WM
+            assert costs_found["firmware_flash_bytes"] > costs_found["model_size_bytes"]
+            assert costs_found["firmware_ram_bytes"] > costs_found["working_memory_bytes"]
+            assert costs_found["feasible"] == all(v <= 0 for v in costs_found["constraints"].values())
+        assert found["tflm"]["firmware_ram_bytes"] > found["aot"]["firmware_ram_bytes"]
+        assert not found["tflm"]["feasible"] or found["aot"]["feasible"]
+    assert 0 < feasible["tflm"] < feasible["aot"], feasible

@@ -83,12 +83,39 @@ def test_a_users_model_that_does_not_fit_the_dataset_is_refused_naming_both(usps
     assert not (tmp_path / "out").exists()
 
 
-def test_a_users_own_model_runs_on_the_aot_engine_with_dataset_inputs(usps_model, data_dir, tmp_path):
-    # any int8 .tflite: no export, no test_samples.npz beside it
-    result = run_device(usps_model, "qemu-stm32f4", "aot", tmp_path / "out", samples=8, dataset="usps",
-                        data_dir=str(data_dir))
-    assert result["outputs_match"] == 1.0 and result["samples"] == 8
-    labels = load_dataset("usps", data_dir).y_test[:8]
-    assert result["accuracy"] == pytest.approx(float(np.mean(
-        tflite_model.tflm_run(usps_model.read_bytes(), tflite_model.quantize_inputs(
-            usps_model.read_bytes(), load_dataset("usps", data_dir).x_test[:8])).argmax(1) == labels)), abs=1e-6)
+@pytest.fixture(scope="module")
+def plain_keras_model(data_dir, tmp_path_factory):
+    """A user's own model: plain Keras layers, converted the way TFLite's guide says, no part of ours."""
+    import tensorflow as tf
+    import tf_keras as keras
+
+    data = load_dataset("usps", data_dir)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.layers.Input((16, 16, 1)), keras.layers.Conv2D(4, 3, activation="relu"),
+                              keras.layers.MaxPooling2D(), keras.layers.Flatten(), keras.layers.Dense(10),
+                              keras.layers.Softmax()])
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(data.x_train[:2000], data.y_train[:2000], epochs=1, verbose=0)
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([x[None].astype(np.float32)] for x in data.x_train[:100])
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = converter.inference_output_type = tf.int8
+    path = tmp_path_factory.mktemp("plain_keras") / "user.tflite"
+    path.write_bytes(converter.convert())
+    return path
+
+
+def test_a_model_this_tool_did_not_make_runs_on_the_aot_engine_with_dataset_inputs(plain_keras_model, data_dir,
+                                                                                    tmp_path):
+    # what `make bench MODEL=user.tflite DATASET=usps` runs: no export, no test_samples.npz beside it
+    result = subprocess.run([sys.executable, "-m", "pipeline", "device", "--model", str(plain_keras_model),
+                             "--dataset", "usps", "--data-dir", str(data_dir), "--samples", "8",
+                             "--out", str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    device = json.loads((tmp_path / "out" / "device.json").read_text())
+    assert device["engine"] == "aot" and device["outputs_match"] == 1.0 and device["samples"] == 8
+    model = plain_keras_model.read_bytes()
+    data = load_dataset("usps", data_dir)
+    host = tflite_model.tflm_run(model, tflite_model.quantize_inputs(model, data.x_test[:8]))
+    assert device["accuracy"] == pytest.approx(float(np.mean(host.argmax(1) == data.y_test[:8])), abs=1e-6)

@@ -23,8 +23,8 @@
 #ifndef TFLM_ARENA_BYTES
 #define TFLM_ARENA_BYTES 0
 #endif
-#ifndef TFLM_PROBE_STACK_BYTES
-#define TFLM_PROBE_STACK_BYTES 4096
+#ifndef TFLM_PROBE_STACK_BYTES  // the stack the probe keeps back: the linker's reserve (MIN_STACK_BYTES)
+#define TFLM_PROBE_STACK_BYTES 2048
 #endif
 #define TFLM_ARENA_STEP 16u  // capacities tried by the probe: multiples of TFLM's buffer alignment
 
