@@ -117,9 +117,9 @@ def write_engine_costs(rows: list[EngineCost], path: Path = ENGINE_COSTS_PATH) -
         kept = {}
     for row in rows:
         kept[(row.board, row.engine)] = row
-    lines = ["# Bytes an engine adds on a board beyond the model's weights and activations, as",
-             "# fixed + per_op x operators: an upper envelope over measured models plus a stated margin",
-             "# (see the script). Written by",
+    lines = ["# Bytes an engine adds on a board beyond the model's weights and activations, as fixed +",
+             "# per_op x operators + per_channel x output channels of the weighted layers: an upper",
+             "# envelope over measured models plus a stated margin (see the script). Written by",
              "# scripts/measure_engine_costs.py; read by pipeline/engine_costs.py. Do not edit by hand.",
              "# " + "\t".join(COLUMNS)]
     for key in sorted(kept):
