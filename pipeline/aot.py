@@ -32,6 +32,7 @@ from pipeline.errors import UserError
 from pipeline.tflite_graph import ACTIVATIONS, PADDING_SAME, Graph, Operator, Tensor, read_graph
 
 _MAX_BLOCK_SHIFT = 4  # bitmap blocks of up to 16 weights, costs.PRUNING_BLOCK
+DENSE_ALLOWANCE = 1.25  # weights in flash up to this x MS, to store layers dense for speed (goal: 1.3)
 
 SUPPORTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "MAX_POOL_2D", "AVERAGE_POOL_2D",
                  "ADD", "CONCATENATION", "RESHAPE", "MEAN", "SOFTMAX", "QUANTIZE")
@@ -49,6 +50,7 @@ class AotModel:
     quant_param_bytes: int  # per-channel multipliers and shifts
     nonzero_weight_bytes: int  # MS of the same model: nonzero kernel bytes + 4 * nonzero biases
     working_memory_bytes: int
+    operators: tuple[str, ...] = ()  # the operators that run, in order: what the per-op profile names
 
     @property
     def weight_bytes(self) -> int:
@@ -104,8 +106,8 @@ def _c_array(ctype: str, name: str, values: np.ndarray | list[int]) -> str:
 class _Emitter:
     """Collects constant arrays, parameter structs and kernel calls."""
 
-    def __init__(self, graph: Graph, offsets: dict[int, int]):
-        self.graph, self.offsets = graph, offsets
+    def __init__(self, graph: Graph, offsets: dict[int, int], dense: frozenset[int] = frozenset()):
+        self.graph, self.offsets, self.dense = graph, offsets, dense
         self.arrays: list[str] = []
         self.calls: list[str] = []
         self.kernel_bytes = self.bias_bytes = self.quant_bytes = 0
@@ -113,7 +115,7 @@ class _Emitter:
     def ptr(self, tensor: int) -> str:
         return f"arena + {self.offsets[tensor]}"
 
-    def weights(self, name: str, kernel: np.ndarray) -> str:
+    def weights(self, name: str, kernel: np.ndarray, dense: bool = False) -> str:
         """Stores a [rows][k] kernel in its smallest format; returns the aot_weights initialiser.
 
         Dense, or a block bitmap: each row cut into blocks of 2^shift weights,
@@ -123,7 +125,7 @@ class _Emitter:
         """
         rows = kernel.reshape(kernel.shape[0], -1)
         best = (rows.size, None, None)
-        for shift in range(_MAX_BLOCK_SHIFT + 1):
+        for shift in range(0 if dense else _MAX_BLOCK_SHIFT + 1):
             stored, bitmap = _block_bitmap(rows, shift)
             size = bitmap.size + int(stored.sum())
             if size < best[0]:
@@ -139,17 +141,32 @@ class _Emitter:
         self.arrays.append(_c_array("int8_t", f"{name}_values", rows[stored]))
         return f"{{{name}_values, {name}_bitmap, {k}, {shift}}}"
 
-    def requant(self, name: str, x: Tensor, w: Tensor, y: Tensor, bias: Tensor | None) -> str:
-        """Stores multipliers, shifts and (unless all zero) biases; returns the bias initialiser."""
+    def requant(self, name: str, x: Tensor, w: Tensor, y: Tensor, bias: Tensor | None,
+                fold_input_offset: bool = False, depthwise: bool = False) -> str:
+        """Stores multipliers, shifts and (unless all zero) biases; returns the bias initialiser.
+
+        With ``fold_input_offset`` (CONV_2D, DEPTHWISE_CONV_2D) the stored bias is bias +
+        input_offset x the output channel's weight sum, always stored: the fast kernels then
+        add no offset per weight.
+        """
         scales = w.scales if len(w.scales) > 1 else w.scales[:1]
         pairs = [quantize_multiplier(float(x.scale) * float(s) / float(y.scale)) for s in scales]
         self.arrays.append(_c_array("int32_t", f"{name}_multiplier", [p[0] for p in pairs]))
         self.arrays.append(_c_array("int8_t", f"{name}_shift", [p[1] for p in pairs]))
         self.quant_bytes += 5 * len(pairs)
-        if bias is None or bias.data is None or not np.any(bias.data):
+        # one row per output channel: [out][...] kernels, or the last axis of a depthwise [1][kh][kw][out]
+        per_channel = np.moveaxis(w.data, -1, 0) if depthwise else w.data
+        channels = per_channel.shape[0]
+        values = np.zeros(channels, np.int64) if bias is None or bias.data is None else bias.data.astype(np.int64)
+        if fold_input_offset:
+            values = values - int(x.zero_point) * per_channel.reshape(channels, -1).astype(np.int64).sum(axis=1)
+            # int32 arithmetic wraps (the firmware is built with -fwrapv, as TFLite's sums wrap on the
+            # device): a bias saturated at the int32 limits, as on a pruned-away channel, folds modulo 2^32
+            values = (values + (1 << 31)) % (1 << 32) - (1 << 31)
+        elif not np.any(values):
             return "0"  # TFLite adds all-zero biases to bias-free layers; the kernels accept none
-        self.arrays.append(_c_array("int32_t", f"{name}_bias", bias.data))
-        self.bias_bytes += 4 * bias.size
+        self.arrays.append(_c_array("int32_t", f"{name}_bias", values))
+        self.bias_bytes += 4 * len(values)
         return f"{name}_bias"
 
 
@@ -165,22 +182,29 @@ def generate(data: bytes, label: str = "model") -> AotModel:
     order = [int(name.split(":")[0]) for name in order_names]
     arena, placed = costs.arena_plan(resources, order_names)
     offsets = {int(t): offset for t, offset in placed.items()}
-    emit = _Emitter(graph, offsets)
+    emit = _Emitter(graph, offsets, _dense_layers(graph, costs.model_size_bytes(resources)))
     by_index = {op.index: op for op in graph.operators}
+    operators = []
     for index in order:
         _emit_op(emit, by_index[index])
+        if emit.calls and not emit.calls[-1].startswith("  aot_mark("):
+            emit.calls.append(f"  aot_mark({len(operators)});\n")  # the op's end tick: per-op profile
+            operators.append(_describe(graph, by_index[index]))
     x, y = graph.tensors[graph.inputs[0]], graph.tensors[graph.outputs[0]]
     header = (f"/* Generated by pipeline/aot.py from {label}; do not edit. */\n"
               "#ifndef AOT_MODEL_H_\n#define AOT_MODEL_H_\n#include <stdint.h>\n"
               f"#define AOT_ARENA_BYTES {arena}\n#define AOT_INPUT_OFFSET {offsets[x.index]}\n"
               f"#define AOT_INPUT_BYTES {x.size}\n#define AOT_OUTPUT_OFFSET {offsets[y.index]}\n"
-              f"#define AOT_OUTPUT_BYTES {y.size}\n"
-              "void aot_model_invoke(int8_t* arena);\n#endif\n")
+              f"#define AOT_OUTPUT_BYTES {y.size}\n#define AOT_OP_COUNT {len(operators)}\n"
+              "void aot_model_invoke(int8_t* arena);\n"
+              "void aot_mark(int op); /* engine_aot.c: notes the tick at which operator `op` ended */\n"
+              "#endif\n")
     source = (f"/* Generated by pipeline/aot.py from {label}; do not edit. */\n"
-              '#include "aot_kernels.h"\n#include "aot_model.h"\n\n' + "".join(emit.arrays)
+              '#include "aot_conv_impl.h"\n#include "aot_kernels.h"\n#include "aot_model.h"\n\n'
+              + "".join(emit.arrays)
               + "\nvoid aot_model_invoke(int8_t* arena) {\n" + "".join(emit.calls) + "}\n")
     return AotModel(source, header, arena, emit.kernel_bytes, emit.bias_bytes, emit.quant_bytes,
-                    costs.model_size_bytes(resources), wm)
+                    costs.model_size_bytes(resources), wm, tuple(operators))
 
 
 def write_sources(model: AotModel, folder: Path) -> None:
@@ -202,13 +226,13 @@ def _emit_op(emit: _Emitter, op: Operator) -> None:
         _, ih, iw, ic = x.shape
         _, oh, ow, oc = y.shape
         lo, hi = _activation_range(o["fusedActivationFunction"], y)
-        bias_ref = emit.requant(name, x, w, y, bias)
+        bias_ref = emit.requant(name, x, w, y, bias, fold_input_offset=True, depthwise=depthwise)
         if depthwise:
             emit.arrays.append(_c_array("int8_t", f"{name}_values", w.data))
             emit.kernel_bytes += w.size
             weights = f"{{{name}_values, 0, {w.size}}}"
         else:
-            weights = emit.weights(name, w.data)
+            weights = emit.weights(name, w.data, op.index in emit.dense)
         dh, dw = o.get("dilationHFactor", 1), o.get("dilationWFactor", 1)
         ph = _padding(o["padding"], o["strideH"], dh, ih, kh, oh)
         pw = _padding(o["padding"], o["strideW"], dw, iw, kw, ow)
@@ -217,14 +241,16 @@ def _emit_op(emit: _Emitter, op: Operator) -> None:
             f"{o['strideH']}, {o['strideW']}, {dh}, {dw}, {ph}, {pw}, {oc // ic if depthwise else 1}, "
             f"{-x.zero_point}, {y.zero_point}, {lo}, {hi}, {name}_multiplier, {name}_shift, "
             f"{bias_ref}, {weights}}};\n")
-        kernel = "aot_depthwise_conv2d" if depthwise else "aot_conv2d"
-        emit.calls.append(f"  {kernel}(&{name}, {emit.ptr(x.index)}, {emit.ptr(y.index)});\n")
+        if depthwise:
+            emit.calls.append(f"  AOT_DEPTHWISE_CONV2D({name}, {emit.ptr(x.index)}, {emit.ptr(y.index)});\n")
+        else:  # inlined with this layer's constants: a kernel specialised per layer (aot_conv_impl.h)
+            emit.calls.append(f"  AOT_CONV2D({name}, {emit.ptr(x.index)}, {emit.ptr(y.index)});\n")
     elif op.name == "FULLY_CONNECTED":
         x, w, y = t[op.inputs[0]], t[op.inputs[1]], t[op.outputs[0]]
         bias = t[op.inputs[2]] if len(op.inputs) > 2 and op.inputs[2] >= 0 else None
         lo, hi = _activation_range(o["fusedActivationFunction"], y)
         bias_ref = emit.requant(name, x, w, y, bias)
-        weights = emit.weights(name, w.data)
+        weights = emit.weights(name, w.data, op.index in emit.dense)
         emit.arrays.append(
             f"static const aot_fc_params {name} = {{{w.shape[1]}, {w.shape[0]}, {-x.zero_point}, "
             f"{y.zero_point}, {lo}, {hi}, {name}_multiplier, {name}_shift, {int(len(w.scales) > 1)}, "
@@ -240,8 +266,10 @@ def _emit_op(emit: _Emitter, op: Operator) -> None:
         emit.arrays.append(
             f"static const aot_pool_params {name} = {{{ih}, {iw}, {c}, {oh}, {ow}, {o['filterHeight']}, "
             f"{o['filterWidth']}, {o['strideH']}, {o['strideW']}, {ph}, {pw}, {lo}, {hi}}};\n")
-        kernel = "aot_max_pool" if op.name == "MAX_POOL_2D" else "aot_average_pool"
-        emit.calls.append(f"  {kernel}(&{name}, {emit.ptr(x.index)}, {emit.ptr(y.index)});\n")
+        if op.name == "MAX_POOL_2D":  # inlined with this layer's constants (aot_conv_impl.h)
+            emit.calls.append(f"  AOT_MAX_POOL({name}, {emit.ptr(x.index)}, {emit.ptr(y.index)});\n")
+        else:
+            emit.calls.append(f"  aot_average_pool(&{name}, {emit.ptr(x.index)}, {emit.ptr(y.index)});\n")
     elif op.name == "ADD":
         a, b, y = t[op.inputs[0]], t[op.inputs[1]], t[op.outputs[0]]
         if a.shape != b.shape:
@@ -296,6 +324,57 @@ def _emit_op(emit: _Emitter, op: Operator) -> None:
         emit.arrays.append(f"static const aot_softmax_params {name} = {{{y.size // depth}, {depth}, "
                            f"{multiplier}, {left_shift}, {diff_min}}};\n")
         emit.calls.append(f"  aot_softmax(&{name}, {emit.ptr(x.index)}, {emit.ptr(y.index)});\n")
+
+
+def _smallest_bytes(kernel: np.ndarray) -> int:
+    """Bytes of a kernel in its smallest format (dense, or a block bitmap plus the stored blocks)."""
+    rows = kernel.reshape(kernel.shape[0], -1)
+    sizes = [rows.size]
+    for shift in range(_MAX_BLOCK_SHIFT + 1):
+        stored, bitmap = _block_bitmap(rows, shift)
+        sizes.append(bitmap.size + int(stored.sum()))
+    return min(sizes)
+
+
+def _dense_layers(graph: Graph, ms: int) -> frozenset[int]:
+    """Layers stored dense though a bitmap would be smaller: a dense row runs without block tests.
+
+    Within a flash allowance of DENSE_ALLOWANCE x MS for all weights (the target is 1.3x), the
+    layers are taken in order of multiply-accumulates per extra byte, most first.
+    """
+    t = graph.tensors
+    candidates, stored = [], 0
+    for op in graph.operators:
+        if op.name in ("CONV_2D", "FULLY_CONNECTED"):
+            w = t[op.inputs[1]]
+            smallest = _smallest_bytes(w.data)
+            bias = 4 * w.shape[0]
+            stored += smallest + bias
+            extra = w.size - smallest
+            if extra > 0:
+                pixels = int(np.prod(t[op.outputs[0]].shape[1:-1], dtype=np.int64)) or 1
+                candidates.append((int(np.count_nonzero(w.data)) * pixels / extra, extra, op.index))
+        elif op.name == "DEPTHWISE_CONV_2D":
+            stored += t[op.inputs[1]].size + 4 * t[op.inputs[1]].shape[-1]
+    allowance = DENSE_ALLOWANCE * ms - stored
+    chosen = set()
+    for _, extra, index in sorted(candidates, reverse=True):
+        if extra <= allowance:
+            chosen.add(index)
+            allowance -= extra
+    return frozenset(chosen)
+
+
+def _describe(graph: Graph, op: Operator) -> str:
+    """An operator as the profile names it: type, input and output shapes, kernel size if any."""
+    t = graph.tensors
+    shape = lambda i: "x".join(str(d) for d in t[i].shape[1:])  # noqa: E731
+    text = f"{op.name} {shape(op.inputs[0])}->{shape(op.outputs[0])}"
+    if op.name in ("CONV_2D", "DEPTHWISE_CONV_2D"):
+        w = t[op.inputs[1]]
+        stored = "dense" if not np.any(w.data == 0) else f"{np.mean(w.data == 0):.0%} zero"
+        text += f" k{w.shape[1]}x{w.shape[2]} {stored}"
+    return text
 
 
 def _block_bitmap(rows: np.ndarray, shift: int) -> tuple[np.ndarray, np.ndarray]:

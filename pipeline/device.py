@@ -2,7 +2,8 @@
 
 The firmware speaks one line per message (tflm_project/app/main.c):
 ``READY ...`` at start, ``RESULT ticks=<n> out=<hex>`` per input sent as
-``I <hex>``, and ``STATS stack=<n> arena=<n>`` for ``S``. Every read has a
+``I <hex>``, ``STATS stack=<n> arena=<n> capacity=<n>`` for ``S`` and
+``PROFILE <ticks per operator>`` for ``P``. Every read has a
 timeout, so a silent or wrong port fails within a bounded time.
 """
 from __future__ import annotations
@@ -39,7 +40,8 @@ def default_out_dir(model_path: Path, board_name: str, engine: str) -> Path:
 
 def run_device(model_path: Path, board_name: str, engine: str, out_dir: Path, port: str | None = None,
                samples: int | None = None, reply_timeout: float = REPLY_TIMEOUT_S,
-               dataset: str | None = None, data_dir: str | None = None) -> dict[str, Any]:
+               dataset: str | None = None, data_dir: str | None = None,
+               aot_kernels: str = "fast") -> dict[str, Any]:
     """Builds, flashes or emulates, measures, and writes ``out_dir/device.json``; returns its content.
 
     The inputs are the exported test_samples.npz beside the model, or, with
@@ -72,7 +74,7 @@ def run_device(model_path: Path, board_name: str, engine: str, out_dir: Path, po
         build = firmware.build(data, board, engine, out_dir / "firmware", str(model_path),
                                tflm_arena_bytes=capacity)
     else:
-        build = firmware.build(data, board, engine, out_dir / "firmware", str(model_path))
+        build = firmware.build(data, board, engine, out_dir / "firmware", str(model_path), aot_kernels=aot_kernels)
     with _connect(board, build, port) as link:
         _wait_ready(link, board)
         ticks, outputs = [], []
@@ -88,6 +90,11 @@ def run_device(model_path: Path, board_name: str, engine: str, out_dir: Path, po
         stats = STATS.match(_read_line(link, reply_timeout, "the memory statistics"))
         if stats is None:
             raise UserError(f"{board.name} sent no STATS line")
+        link.write(b"P\n")
+        profile = _read_line(link, reply_timeout, "the per-operator profile").split()
+        if not profile or profile[0] != "PROFILE":
+            raise UserError(f"{board.name} sent {' '.join(profile)[:60]!r} instead of a PROFILE line")
+        op_ticks = [int(v) for v in profile[1:]]
     outputs = np.stack(outputs)
     host = tflite_model.tflm_run(data, inputs)
     stack = int(stats.group(1))
@@ -99,9 +106,9 @@ def run_device(model_path: Path, board_name: str, engine: str, out_dir: Path, po
         "arena_bytes": int(stats.group(2)), "arena_capacity_bytes": int(stats.group(3)),
     }
     if board.emulated:
-        result["latency_instructions"] = round(mean_ticks * 1e9 / board.timer_hz)
+        result["latency_instructions"] = _latency(mean_ticks, board)
     else:
-        result["latency_cycles"] = round(mean_ticks * board.clock_hz / board.timer_hz)
+        result["latency_cycles"] = _latency(mean_ticks, board)
         result["latency_ms"] = round(1000 * mean_ticks / board.timer_hz, 3)
     result.update({
         "accuracy": round(float(np.mean(outputs.argmax(axis=1) == labels)), 6),
@@ -111,6 +118,9 @@ def run_device(model_path: Path, board_name: str, engine: str, out_dir: Path, po
         "weight_bytes": build.model.weight_bytes, "nonzero_weight_bytes": build.model.nonzero_weight_bytes,
         "working_memory_bytes": build.model.working_memory_bytes,
         "latency_unit": "instructions (QEMU -icount shift=0, not cycles)" if board.emulated else "cycles",
+        # the last input's time per operator, in latency_unit (the AOT engine's; TFLM gives none)
+        "operators": [{"op": name, "latency": _latency(ticks, board)}
+                      for name, ticks in zip(build.model.operators, op_ticks)],
     })
     partial = out_dir / "device.json.partial"
     partial.write_text(json.dumps(result, indent=2) + "\n")
@@ -208,6 +218,11 @@ def _flash(board: Board, build: firmware.Firmware) -> None:
         last = (result.stderr.strip().splitlines() or ["no output"])[-1]
         raise UserError(f"flashing {board.name} with {board.flash_tool} failed: {last} "
                         "(is the board attached and the tool installed?)")
+
+
+def _latency(ticks: float, board: Board) -> int:
+    """Ticks as instructions (QEMU, -icount shift=0: 1 ns each) or as cycles at the board's clock."""
+    return round(ticks * (1e9 if board.emulated else board.clock_hz) / board.timer_hz)
 
 
 class _Reported(UserError):

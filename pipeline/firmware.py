@@ -36,6 +36,7 @@ class ModelFigures:
     weight_bytes: int          # kernels as stored (dense or bitmap-sparse) plus biases
     nonzero_weight_bytes: int  # MS
     working_memory_bytes: int  # WM
+    operators: tuple[str, ...] = ()  # AOT: the operators its per-operator profile names, in order
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,11 +57,13 @@ class Firmware:
 
 
 def build(model_data: bytes, board: Board, engine: str, build_dir: Path, label: str,
-          tflm_arena_bytes: int = 0) -> Firmware:
+          tflm_arena_bytes: int = 0, aot_kernels: str = "fast") -> Firmware:
     """Generates the model's sources and builds the firmware ELF in ``build_dir``.
 
     For ``engine == "tflm"``, ``tflm_arena_bytes`` sizes TFLM's static arena;
     0 builds the probe that lends TFLM all free RAM and reports what it used.
+    ``aot_kernels="reference"`` builds the AOT engine's portable reference
+    kernels in place of the fast ones (the oracle the tests compare with).
     """
     if engine not in ENGINES:
         raise UserError(f"unknown engine {engine!r}: expected one of {', '.join(ENGINES)}")
@@ -72,11 +75,12 @@ def build(model_data: bytes, board: Board, engine: str, build_dir: Path, label: 
     args = [f"BOARD={board.name}", f"ENGINE={engine}", f"BUILD={build_dir}", f"GEN_DIR={gen}"]
     if engine == "aot":
         model = aot.generate(model_data, label)
-        figures = ModelFigures(model.weight_bytes, model.nonzero_weight_bytes, model.working_memory_bytes)
+        figures = ModelFigures(model.weight_bytes, model.nonzero_weight_bytes, model.working_memory_bytes,
+                               model.operators)
         ram_needed = model.arena_bytes + STACK_RESERVE_BYTES[engine]
         flash_needed = model.weight_bytes
         aot.write_sources(model, gen)
-        args.append(f"MIN_STACK_BYTES={STACK_RESERVE_BYTES[engine]}")
+        args += [f"MIN_STACK_BYTES={STACK_RESERVE_BYTES[engine]}", f"AOT_KERNELS={aot_kernels}"]
     else:
         tree = tflm.tree_for(board)
         figures = _flatbuffer_figures(model_data)

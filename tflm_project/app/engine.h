@@ -18,6 +18,8 @@ int engine_arena_bytes(void);       /* what the engine's activations and bookkee
 int engine_arena_capacity(void);    /* what it reserves for them (TFLM: can exceed the above) */
 int engine_invoke(void);            /* 0 on success */
 const char* engine_name(void);
+int engine_op_count(void);          /* operators with a per-operator profile (0: none) */
+uint32_t engine_op_ticks(int op);   /* ticks operator `op` took in the last inference */
 
 #ifdef __cplusplus
 }

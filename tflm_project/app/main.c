@@ -6,6 +6,8 @@
  *   firmware -> host:           RESULT ticks=<u32> out=<output bytes as hex>
  *   host -> firmware:           S
  *   firmware -> host:           STATS stack=<peak stack bytes> arena=<bytes> capacity=<bytes>
+ *   host -> firmware:           P
+ *   firmware -> host:           PROFILE <ticks of each operator in the last inference, in order>
  *   anything else:              ERROR <reason>
  */
 #include <stdint.h>
@@ -135,6 +137,14 @@ int main(void) {
       put_uint((uint32_t)engine_arena_bytes());
       put(" capacity=");
       put_uint((uint32_t)engine_arena_capacity());
+      put("\n");
+    } else if (command == 'P') {
+      skip_line();
+      put("PROFILE");
+      for (int op = 0; op < engine_op_count(); ++op) {
+        put(" ");
+        put_uint(engine_op_ticks(op));
+      }
       put("\n");
     } else {
       skip_line();

@@ -67,6 +67,17 @@ static int cursor_stored(const row_cursor* c, int32_t pos) {
   return (c->bits[block >> 3] >> (block & 7)) & 1;
 }
 
+/* Where the stored values of the row starting at `values` (bitmap row `bits`) end. */
+const int8_t* aot_row_end(const aot_weights* w, const int8_t* values, const uint8_t* bits) {
+  if (!bits) return values + w->row_len;
+  const int32_t blocks = ((w->row_len - 1) >> w->block_shift) + 1;
+  const int32_t size = 1 << w->block_shift;
+  for (int32_t b = 0; b < blocks; ++b) {
+    if ((bits[b >> 3] >> (b & 7)) & 1) values += b == blocks - 1 ? w->row_len - b * size : size;
+  }
+  return values;
+}
+
 static void cursor_next(row_cursor* c, const int8_t* row_end_values) {
   c->values = row_end_values;
   if (c->bits) c->bits += c->row_bytes;
@@ -74,11 +85,16 @@ static void cursor_next(row_cursor* c, const int8_t* row_end_values) {
 
 /* ---- convolutions --------------------------------------------------------- */
 
-void aot_conv2d(const aot_conv_params* p, const int8_t* input, int8_t* output) {
+/* The portable reference: every weight tested against the bitmap, every tap against the border.
+ * `bias` holds bias + input_offset * (sum of the row's weights), folded at generation time for
+ * the fast kernel; the sum is taken back out here so this stays TFLite's formula. */
+void aot_conv2d_reference(const aot_conv_params* p, const int8_t* input, int8_t* output) {
   row_cursor cur;
   cursor_start(&cur, &p->weights);
   for (int oc = 0; oc < p->out_c; ++oc) {
     const int8_t* end = cur.values;
+    int32_t row_sum = 0;
+    for (const int8_t* w = cur.values; w < aot_row_end(&p->weights, cur.values, cur.bits); ++w) row_sum += *w;
     for (int oy = 0; oy < p->out_h; ++oy) {
       const int y0 = oy * p->stride_h - p->pad_h;
       for (int ox = 0; ox < p->out_w; ++ox) {
@@ -100,7 +116,7 @@ void aot_conv2d(const aot_conv_params* p, const int8_t* input, int8_t* output) {
           }
         }
         end = w;
-        if (p->bias) acc += p->bias[oc];
+        if (p->bias) acc += p->bias[oc] - p->input_offset * row_sum;
         acc = aot_multiply_by_quantized_multiplier(acc, p->multiplier[oc], p->shift[oc]);
         output[(oy * p->out_w + ox) * p->out_c + oc] =
             clamp_to_int8(acc + p->output_offset, p->act_min, p->act_max);
@@ -110,8 +126,9 @@ void aot_conv2d(const aot_conv_params* p, const int8_t* input, int8_t* output) {
   }
 }
 
-void aot_depthwise_conv2d(const aot_conv_params* p, const int8_t* input, int8_t* output) {
-  /* Depthwise weights are [1][kh][kw][out_c] and always dense (tfmot never prunes them). */
+void aot_depthwise_conv2d_reference(const aot_conv_params* p, const int8_t* input, int8_t* output) {
+  /* Depthwise weights are [1][kh][kw][out_c] and always dense (tfmot never prunes them); `bias`
+   * holds bias + input_offset * (sum of the channel's taps), folded for the fast kernel. */
   for (int oy = 0; oy < p->out_h; ++oy) {
     const int y0 = oy * p->stride_h - p->pad_h;
     for (int ox = 0; ox < p->out_w; ++ox) {
@@ -119,18 +136,19 @@ void aot_depthwise_conv2d(const aot_conv_params* p, const int8_t* input, int8_t*
       for (int ic = 0; ic < p->in_c; ++ic) {
         for (int m = 0; m < p->depth_multiplier; ++m) {
           const int oc = ic * p->depth_multiplier + m;
-          int32_t acc = 0;
+          int32_t acc = 0, taps = 0;
           for (int ky = 0; ky < p->kernel_h; ++ky) {
             const int y = y0 + p->dilation_h * ky;
             for (int kx = 0; kx < p->kernel_w; ++kx) {
               const int x = x0 + p->dilation_w * kx;
+              const int32_t w = p->weights.values[(ky * p->kernel_w + kx) * p->out_c + oc];
+              taps += w;
               if (y < 0 || y >= p->in_h || x < 0 || x >= p->in_w) continue;
               const int32_t in = input[(y * p->in_w + x) * p->in_c + ic];
-              const int32_t w = p->weights.values[(ky * p->kernel_w + kx) * p->out_c + oc];
               acc += w * (in + p->input_offset);
             }
           }
-          if (p->bias) acc += p->bias[oc];
+          if (p->bias) acc += p->bias[oc] - p->input_offset * taps;
           acc = aot_multiply_by_quantized_multiplier(acc, p->multiplier[oc], p->shift[oc]);
           output[(oy * p->out_w + ox) * p->out_c + oc] =
               clamp_to_int8(acc + p->output_offset, p->act_min, p->act_max);
@@ -192,7 +210,7 @@ static void pool(const aot_pool_params* p, const int8_t* input, int8_t* output, 
   }
 }
 
-void aot_max_pool(const aot_pool_params* p, const int8_t* input, int8_t* output) {
+void aot_max_pool_reference(const aot_pool_params* p, const int8_t* input, int8_t* output) {
   pool(p, input, output, 0);
 }
 

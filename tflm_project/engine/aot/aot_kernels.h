@@ -35,7 +35,7 @@ typedef struct {
   int32_t input_offset, output_offset, act_min, act_max;
   const int32_t* multiplier; /* per output channel */
   const int8_t* shift;       /* per output channel */
-  const int32_t* bias;       /* per output channel, or NULL */
+  const int32_t* bias;       /* per output channel, or NULL; CONV_2D: bias + input_offset * row sum */
   aot_weights weights;
 } aot_conv_params;
 
@@ -70,10 +70,13 @@ typedef struct {
 
 int32_t aot_multiply_by_quantized_multiplier(int32_t x, int32_t multiplier, int shift);
 
-void aot_conv2d(const aot_conv_params* p, const int8_t* input, int8_t* output);
-void aot_depthwise_conv2d(const aot_conv_params* p, const int8_t* input, int8_t* output);
+/* CONV_2D: the portable reference of the fast kernel in aot_conv_impl.h. */
+void aot_conv2d_reference(const aot_conv_params* p, const int8_t* input, int8_t* output);
+const int8_t* aot_row_end(const aot_weights* w, const int8_t* values, const uint8_t* bits);
+/* DEPTHWISE_CONV_2D and MAX_POOL_2D: portable references of the fast kernels in aot_conv_impl.h. */
+void aot_depthwise_conv2d_reference(const aot_conv_params* p, const int8_t* input, int8_t* output);
 void aot_fully_connected(const aot_fc_params* p, const int8_t* input, int8_t* output);
-void aot_max_pool(const aot_pool_params* p, const int8_t* input, int8_t* output);
+void aot_max_pool_reference(const aot_pool_params* p, const int8_t* input, int8_t* output);
 void aot_average_pool(const aot_pool_params* p, const int8_t* input, int8_t* output);
 void aot_add(const aot_add_params* p, const int8_t* input1, const int8_t* input2, int8_t* output);
 /* Concatenation on the last axis of inputs that share the output's quantisation. */

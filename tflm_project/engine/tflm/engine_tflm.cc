@@ -98,3 +98,5 @@ extern "C" int engine_arena_bytes(void) { return (int)interpreter->arena_used_by
 extern "C" int engine_arena_capacity(void) { return (int)arena_capacity; }
 extern "C" int engine_invoke(void) { return interpreter->Invoke() == kTfLiteOk ? 0 : 1; }
 extern "C" const char* engine_name(void) { return "tflm"; }
+extern "C" int engine_op_count(void) { return 0; }  // no per-operator profile (TFLM has its own profiler)
+extern "C" uint32_t engine_op_ticks(int) { return 0; }
