@@ -34,7 +34,7 @@ DEVICE_FLAGS = --board $(DEVICE_BOARD) --engine $(ENGINE) $(if $(MODEL),--model 
 # ENGINE=tflm finds TensorFlow Lite Micro in TFLM_DIR, else in the cache `make tflm` fills.
 export TFLM_DIR
 
-.PHONY: search export report bench flash test bench-search bench-compression bench-aot bench-engines measure-engine-costs tflm clean-venv
+.PHONY: search export report bench flash test bench-search bench-compression bench-aot bench-engines bench-pruning measure-engine-costs tflm clean-venv
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -77,6 +77,9 @@ bench-aot: $(VENV)/.installed
 
 bench-engines: $(VENV)/.installed
 	$(PY) scripts/bench_engines.py $(RUN) --board $(BENCH_BOARD)
+
+bench-pruning: $(VENV)/.installed
+	$(PY) scripts/bench_pruning.py $(DATA_FLAG)
 
 # Rewrites tflm_project/boards/engine_costs.tsv (ENGINES=aot measures without a TFLM tree).
 ENGINES ?= aot tflm

@@ -326,32 +326,35 @@ def _emit_op(emit: _Emitter, op: Operator) -> None:
         emit.calls.append(f"  aot_softmax(&{name}, {emit.ptr(x.index)}, {emit.ptr(y.index)});\n")
 
 
-def _smallest_bytes(kernel: np.ndarray) -> int:
-    """Bytes of a kernel in its smallest format (dense, or a block bitmap plus the stored blocks)."""
+def _smallest_format(kernel: np.ndarray) -> tuple[int, int | None]:
+    """(bytes, block shift) of a kernel's smallest format; the shift is None when dense is smallest."""
     rows = kernel.reshape(kernel.shape[0], -1)
-    sizes = [rows.size]
+    best = (rows.size, None)
     for shift in range(_MAX_BLOCK_SHIFT + 1):
         stored, bitmap = _block_bitmap(rows, shift)
-        sizes.append(bitmap.size + int(stored.sum()))
-    return min(sizes)
+        best = min(best, (bitmap.size + int(stored.sum()), shift), key=lambda pair: pair[0])
+    return best
 
 
 def _dense_layers(graph: Graph, ms: int) -> frozenset[int]:
-    """Layers stored dense though a bitmap would be smaller: a dense row runs without block tests.
+    """Layers stored dense though a bitmap would be smaller, because a dense row runs faster.
 
-    Within a flash allowance of DENSE_ALLOWANCE x MS for all weights (the target is 1.3x), the
-    layers are taken in order of multiply-accumulates per extra byte, most first.
+    Only layers whose bitmap would have blocks under 8 weights, where a block test costs about
+    what skipping the block saves: with blocks of 8 or 16 (how the search prunes), a pruned
+    block costs no time, so those stay sparse. Within a flash allowance of DENSE_ALLOWANCE x MS
+    for all weights (the target is 1.3x), the layers are taken in order of multiply-accumulates
+    per extra byte, most first.
     """
     t = graph.tensors
     candidates, stored = [], 0
     for op in graph.operators:
         if op.name in ("CONV_2D", "FULLY_CONNECTED"):
             w = t[op.inputs[1]]
-            smallest = _smallest_bytes(w.data)
+            smallest, shift = _smallest_format(w.data)
             bias = 4 * w.shape[0]
             stored += smallest + bias
             extra = w.size - smallest
-            if extra > 0:
+            if extra > 0 and shift is not None and shift < 3:
                 pixels = int(np.prod(t[op.outputs[0]].shape[1:-1], dtype=np.int64)) or 1
                 candidates.append((int(np.count_nonzero(w.data)) * pixels / extra, extra, op.index))
         elif op.name == "DEPTHWISE_CONV_2D":

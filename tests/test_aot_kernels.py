@@ -5,6 +5,8 @@ filters pruned; on both cores (the M4's DSP path and the M0's plain C), run in Q
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import tf_keras as keras
@@ -22,19 +24,26 @@ LAYERS = {
                         ("conv", dict(filters=6, kernel_size=(2, 3), strides=(2, 1)), 0.0),
                         ("depthwise", dict(kernel_size=(3, 2), depth_multiplier=1, dilation_rate=(1, 2),
                                            padding="same"), 0.0)],
+    # blocks of 16 that divide each run (3 x 16 inputs): the aligned interior and border walks;
+    # depth multiplier 1 over 6 channels: four lanes and a remainder of two
+    "blocks_of_16": [("conv", dict(filters=16, kernel_size=3, padding="same"), 0.0),
+                     ("conv", dict(filters=10, kernel_size=3, padding="same"), 0.8),
+                     ("conv", dict(filters=6, kernel_size=1), 0.5),
+                     ("depthwise", dict(kernel_size=3, depth_multiplier=1, padding="same"), 0.0)],
 }
-INPUTS = {"padded": (9, 7, 3), "strided_dilated": (13, 12, 5)}
+INPUTS = {"padded": (9, 7, 3), "strided_dilated": (13, 12, 5), "blocks_of_16": (8, 8, 2)}
+BLOCK = {"padded": 4, "strided_dilated": 4, "blocks_of_16": 16}
 
 
-def _prune_blocks(kernel: np.ndarray, sparsity: float, rng: np.random.Generator) -> np.ndarray:
-    """Zeroes random runs of 4 weights along each filter's [kh][kw][in] row, and one whole filter."""
+def _prune_blocks(kernel: np.ndarray, sparsity: float, block: int, rng: np.random.Generator) -> np.ndarray:
+    """Zeroes random blocks of weights along each filter's [kh][kw][in] row, and one whole filter."""
     if sparsity == 0:
         return kernel
     rows = np.moveaxis(kernel, -1, 0).reshape(kernel.shape[-1], -1).copy()
     for row in rows:
-        for start in range(0, row.size, 4):
+        for start in range(0, row.size, block):
             if rng.random() < sparsity:
-                row[start:start + 4] = 0
+                row[start:start + block] = 0
     rows[rng.integers(len(rows))] = 0
     return np.moveaxis(rows.reshape(kernel.shape[-1], *kernel.shape[:-1]), 0, -1)
 
@@ -52,7 +61,8 @@ def kernel_model(request, tmp_path_factory):
     convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
     for layer, (_, _, sparsity) in zip(convs, LAYERS[name]):
         kernel, *rest = layer.get_weights()
-        layer.set_weights([_prune_blocks(kernel, sparsity, rng), *[rng.normal(0, 0.1, r.shape) for r in rest]])
+        layer.set_weights([_prune_blocks(kernel, sparsity, BLOCK[name], rng),
+                           *[rng.normal(0, 0.1, r.shape) for r in rest]])
     calibration = rng.normal(0, 1, (64, *INPUTS[name])).astype(np.float32)
     flatbuffer = tflite_model.convert_int8(model, calibration)
     folder = tmp_path_factory.mktemp(name)
@@ -65,7 +75,10 @@ def kernel_model(request, tmp_path_factory):
 @pytest.mark.parametrize("board", ["qemu-stm32f4", "qemu-microbit"])
 def test_fast_kernels_equal_the_reference_kernels_and_host_tflm(kernel_model, board, tmp_path):
     generated = aot.generate(kernel_model.read_bytes())
-    assert "AOT_CONV2D(" in generated.source and generated.source.count("_bitmap[") >= 1  # sparse rows run
+    shifts = {int(v) for v in re.findall(r"_bitmap, \d+, (\d)\}", generated.source)}  # sparse rows' block sizes
+    assert "AOT_CONV2D(" in generated.source and shifts, "no block-sparse layer to test"
+    if kernel_model.parent.name.startswith("blocks_of_16"):
+        assert 4 in shifts  # blocks of 16: the aligned walks
     fast = run_device(kernel_model, board, "aot", tmp_path / "fast")
     reference = run_device(kernel_model, board, "aot", tmp_path / "reference", aot_kernels="reference")
     assert fast["outputs_match"] == reference["outputs_match"] == 1.0  # both equal host TFLM, bit for bit

@@ -204,6 +204,61 @@ static inline __attribute__((always_inline)) void dense_border2(const patch_shap
   *acc1 -= s->p->input_offset * outside1;
 }
 
+/* Interior output, block-sparse row whose blocks never straddle two runs (the block size
+ * divides the run): each stored block is one dot product at a fixed offset in the window. */
+static inline __attribute__((always_inline)) int32_t sparse_interior(const patch_shape* s, const int8_t* w,
+                                                                     const uint8_t* bits, const int8_t* window,
+                                                                     int32_t acc) {
+  const aot_conv_params* p = s->p;
+  const int32_t block = 1 << p->weights.block_shift;
+  const int32_t run_step = p->dilation_w * p->in_c;
+  const int32_t row_step = p->dilation_h * p->in_w * p->in_c;
+  const int32_t blocks_per_run = s->run_len / block;
+  int32_t b = 0;
+  const int8_t* row = window;
+  for (int ky = 0; ky < p->kernel_h; ++ky, row += row_step) {
+    const int8_t* run = row;
+    for (int r = 0; r < s->runs_per_row; ++r, run += run_step) {
+      for (int32_t i = 0; i < blocks_per_run; ++i, ++b) {
+        if ((bits[b >> 3] >> (b & 7)) & 1) {
+          acc = dot_s8(w, run + i * block, block, acc);
+          w += block;
+        }
+      }
+    }
+  }
+  return acc;
+}
+
+/* Border output, block-sparse row whose blocks never straddle two runs: per stored block, the
+ * part inside the input is a dot product and the part over the padding a sum for the zero point. */
+static inline __attribute__((always_inline)) int32_t sparse_border(const patch_shape* s, const int8_t* w,
+                                                                   const uint8_t* bits, const int8_t* input,
+                                                                   int y0, int x0, int32_t acc) {
+  const int32_t block = 1 << s->p->weights.block_shift;
+  const int32_t blocks_per_run = s->run_len / block;
+  int32_t b = 0, outside = 0;
+  for (int32_t r = 0; r < s->runs; ++r) {
+    int32_t lo, hi;
+    const int8_t* start;
+    run_at(s, input, y0, x0, r, &lo, &hi, &start);
+    for (int32_t i = 0, offset = 0; i < blocks_per_run; ++i, ++b, offset += block) {
+      if (!((bits[b >> 3] >> (b & 7)) & 1)) continue;
+      const int32_t end = offset + block;
+      const int32_t a = offset > lo ? offset : lo, z = end < hi ? end : hi;
+      if (z > a) {
+        outside = sum_s8(w, a - offset, outside);
+        acc = dot_s8(w + (a - offset), start + a, z - a, acc);
+        outside = sum_s8(w + (z - offset), end - z, outside);
+      } else {
+        outside = sum_s8(w, block, outside);
+      }
+      w += block;
+    }
+  }
+  return acc - s->p->input_offset * outside;
+}
+
 /* Any output, block-sparse row: the stored blocks only, each cut where a run ends, its inside
  * part a dot product and its part over the padding summed for the zero point. */
 static inline __attribute__((always_inline)) int32_t sparse_row(const patch_shape* s, const aot_weights* weights, const int8_t* w,
@@ -329,12 +384,19 @@ static inline __attribute__((always_inline)) void conv_two_rows(const patch_shap
 
 /* Output channel oc from one row: dense, or block-sparse walked block by block. */
 static inline __attribute__((always_inline)) void conv_one_row(const patch_shape* s, const interior_box* box,
-                                                               const int8_t* values, const uint8_t* bits,
-                                                               int contiguous, int oc, const int8_t* input,
-                                                               int8_t* output) {
+                                                               const int8_t* values, const int8_t* end,
+                                                               const uint8_t* bits, int contiguous, int oc,
+                                                               const int8_t* input, int8_t* output) {
   const aot_conv_params* p = s->p;
   const int32_t bias = p->bias ? p->bias[oc] : 0;
+  const int aligned = s->run_len % (1 << p->weights.block_shift) == 0;
   int8_t* out = output + oc;
+  if (bits && values == end) { /* a pruned-away filter: a constant */
+    const int32_t v = requantize(bias, p->multiplier[oc], p->shift[oc]) + p->output_offset;
+    const int8_t constant = (int8_t)(v < p->act_min ? p->act_min : v > p->act_max ? p->act_max : v);
+    for (int i = 0; i < p->out_h * p->out_w; ++i, out += p->out_c) *out = constant;
+    return;
+  }
   for (int oy = 0; oy < p->out_h; ++oy) {
     const int y0 = oy * p->stride_h - p->pad_h;
     const int inside_y = oy >= box->oy_lo && oy <= box->oy_hi;
@@ -343,6 +405,10 @@ static inline __attribute__((always_inline)) void conv_one_row(const patch_shape
       int32_t acc;
       if (bits && contiguous) {
         acc = sparse_contiguous(&p->weights, values, bits, input + (y0 * p->in_w + x0) * p->in_c, bias);
+      } else if (bits && aligned && inside_y && ox >= box->ox_lo && ox <= box->ox_hi) {
+        acc = sparse_interior(s, values, bits, input + (y0 * p->in_w + x0) * p->in_c, bias);
+      } else if (bits && aligned) {
+        acc = sparse_border(s, values, bits, input, y0, x0, bias);
       } else if (bits) {
         acc = sparse_row(s, &p->weights, values, bits, input, y0, x0, bias);
       } else if (inside_y && ox >= box->ox_lo && ox <= box->ox_hi) {
@@ -378,7 +444,7 @@ static inline __attribute__((always_inline)) void aot_conv2d_inline(const aot_co
   int oc = 0;
   if (!bits) { /* dense rows: two output channels per pass, sharing every input load */
     for (; oc + 1 < p->out_c; oc += 2, values += 2 * k) conv_two_rows(&s, &box, values, oc, input, output);
-    if (oc < p->out_c) conv_one_row(&s, &box, values, 0, contiguous, oc, input, output);
+    if (oc < p->out_c) conv_one_row(&s, &box, values, values + k, 0, contiguous, oc, input, output);
     return;
   }
   const int32_t bitmap_row = ((((k - 1) >> weights->block_shift) + 1) + 7) / 8;
@@ -397,13 +463,14 @@ static inline __attribute__((always_inline)) void aot_conv2d_inline(const aot_co
     }
     if (oc < p->out_c) {
       expand_row(weights, values, bits, rows);
-      conv_one_row(&s, &box, rows, 0, contiguous, oc, input, output);
+      conv_one_row(&s, &box, rows, rows + k, 0, contiguous, oc, input, output);
     }
     return;
   }
   for (; oc < p->out_c; ++oc, bits += bitmap_row) {
-    conv_one_row(&s, &box, values, bits, contiguous, oc, input, output);
-    values = aot_row_end(weights, values, bits);
+    const int8_t* end = aot_row_end(weights, values, bits);
+    conv_one_row(&s, &box, values, end, bits, contiguous, oc, input, output);
+    values = end;
   }
 }
 

@@ -71,10 +71,12 @@ static int cursor_stored(const row_cursor* c, int32_t pos) {
 const int8_t* aot_row_end(const aot_weights* w, const int8_t* values, const uint8_t* bits) {
   if (!bits) return values + w->row_len;
   const int32_t blocks = ((w->row_len - 1) >> w->block_shift) + 1;
-  const int32_t size = 1 << w->block_shift;
-  for (int32_t b = 0; b < blocks; ++b) {
-    if ((bits[b >> 3] >> (b & 7)) & 1) values += b == blocks - 1 ? w->row_len - b * size : size;
-  }
+  const int32_t last = blocks - 1;
+  int32_t stored = 0;
+  for (int32_t byte = 0; byte < (blocks + 7) / 8; ++byte) stored += __builtin_popcount(bits[byte]);
+  values += stored << w->block_shift;
+  /* the last block may be shorter than the others */
+  if ((bits[last >> 3] >> (last & 7)) & 1) values -= (blocks << w->block_shift) - w->row_len;
   return values;
 }
 
@@ -94,7 +96,8 @@ void aot_conv2d_reference(const aot_conv_params* p, const int8_t* input, int8_t*
   for (int oc = 0; oc < p->out_c; ++oc) {
     const int8_t* end = cur.values;
     int32_t row_sum = 0;
-    for (const int8_t* w = cur.values; w < aot_row_end(&p->weights, cur.values, cur.bits); ++w) row_sum += *w;
+    const int8_t* row_end = aot_row_end(&p->weights, cur.values, cur.bits);
+    for (const int8_t* w = cur.values; w < row_end; ++w) row_sum += *w;
     for (int oy = 0; oy < p->out_h; ++oy) {
       const int y0 = oy * p->stride_h - p->pad_h;
       for (int ox = 0; ox < p->out_w; ++ox) {
