@@ -339,22 +339,22 @@ def _smallest_format(kernel: np.ndarray) -> tuple[int, int | None]:
 def _dense_layers(graph: Graph, ms: int) -> frozenset[int]:
     """Layers stored dense though a bitmap would be smaller, because a dense row runs faster.
 
-    Only layers whose bitmap would have blocks under 8 weights, where a block test costs about
-    what skipping the block saves: with blocks of 8 or 16 (how the search prunes), a pruned
-    block costs no time, so those stay sparse. Within a flash allowance of DENSE_ALLOWANCE x MS
-    for all weights (the target is 1.3x), the layers are taken in order of multiply-accumulates
-    per extra byte, most first.
+    Within a flash allowance of DENSE_ALLOWANCE x MS for all weights (the target is 1.3x), the
+    layers are taken in order of multiply-accumulates per extra byte, most first: a nearly
+    dense layer costs a few bytes more and runs two output channels per pass; a heavily pruned
+    one would cost several times its stored bytes, and stays block-sparse, where a pruned block
+    costs no time.
     """
     t = graph.tensors
     candidates, stored = [], 0
     for op in graph.operators:
         if op.name in ("CONV_2D", "FULLY_CONNECTED"):
             w = t[op.inputs[1]]
-            smallest, shift = _smallest_format(w.data)
+            smallest, _ = _smallest_format(w.data)
             bias = 4 * w.shape[0]
             stored += smallest + bias
             extra = w.size - smallest
-            if extra > 0 and shift is not None and shift < 3:
+            if extra > 0:
                 pixels = int(np.prod(t[op.outputs[0]].shape[1:-1], dtype=np.int64)) or 1
                 candidates.append((int(np.count_nonzero(w.data)) * pixels / extra, extra, op.index))
         elif op.name == "DEPTHWISE_CONV_2D":

@@ -103,6 +103,52 @@ static inline int32_t sum_s8(const int8_t* w, int32_t n, int32_t acc) {
   return acc;
 }
 
+/* acc + sum of w[i] * (x[i] + offset) for i < n: a border output's inside part, with the input
+ * offset applied to the inputs read rather than folded (the padding then adds nothing). */
+static inline __attribute__((always_inline)) int32_t dot_s8_offset(const int8_t* w, const int8_t* x, int32_t n,
+                                                                   int32_t offset, int32_t acc) {
+#if defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
+  const uint32_t offsets = ((uint32_t)offset & 0xffffu) | ((uint32_t)offset << 16);
+  for (; n >= 4; n -= 4, w += 4, x += 4) {
+    uint32_t wv, xv;
+    memcpy(&wv, w, 4);
+    memcpy(&xv, x, 4);
+    acc = __smlad(__sxtb16(wv), __sadd16(__sxtb16(xv), offsets), acc);
+    acc = __smlad(__sxtb16(ror8(wv)), __sadd16(__sxtb16(ror8(xv)), offsets), acc);
+  }
+#endif
+  for (; n > 0; --n) acc += (int32_t)(*w++) * ((int32_t)(*x++) + offset);
+  return acc;
+}
+
+/* Two rows against the same input, the input offset applied to each input read. */
+static inline __attribute__((always_inline)) void dot2_s8_offset(const int8_t* w0, const int8_t* w1,
+                                                                 const int8_t* x, int32_t n, int32_t offset,
+                                                                 int32_t* acc0, int32_t* acc1) {
+  int32_t a0 = *acc0, a1 = *acc1;
+#if defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
+  const uint32_t offsets = ((uint32_t)offset & 0xffffu) | ((uint32_t)offset << 16);
+  for (; n >= 4; n -= 4, w0 += 4, w1 += 4, x += 4) {
+    uint32_t xv, u, v;
+    memcpy(&xv, x, 4);
+    memcpy(&u, w0, 4);
+    memcpy(&v, w1, 4);
+    const uint32_t x02 = __sadd16(__sxtb16(xv), offsets), x13 = __sadd16(__sxtb16(ror8(xv)), offsets);
+    a0 = __smlad(__sxtb16(u), x02, a0);
+    a0 = __smlad(__sxtb16(ror8(u)), x13, a0);
+    a1 = __smlad(__sxtb16(v), x02, a1);
+    a1 = __smlad(__sxtb16(ror8(v)), x13, a1);
+  }
+#endif
+  for (; n > 0; --n) {
+    const int32_t xi = (int32_t)(*x++) + offset;
+    a0 += (int32_t)(*w0++) * xi;
+    a1 += (int32_t)(*w1++) * xi;
+  }
+  *acc0 = a0;
+  *acc1 = a1;
+}
+
 /* The patch as runs of contiguous input bytes: one per kernel row (undilated), else one per tap. */
 typedef struct {
   const aot_conv_params* p;
@@ -168,40 +214,31 @@ static inline __attribute__((always_inline)) void dense_interior2(const patch_sh
   }
 }
 
-/* Border output, dense row: per run, a dot product over its inside part, and the weights over
- * the padding summed once and multiplied by the zero point. */
-static inline __attribute__((always_inline)) int32_t dense_border(const patch_shape* s, const int8_t* w, const int8_t* input, int y0, int x0,
-                            int32_t acc) {
-  int32_t outside = 0;
+/* Border output, dense row: `acc` starts from the bias without the folded offset, and only
+ * the part of each run inside the input is read, the offset applied to it: the padding, being
+ * the zero point, adds nothing. */
+static inline __attribute__((always_inline)) int32_t dense_border(const patch_shape* s, const int8_t* w,
+                                                                  const int8_t* input, int y0, int x0,
+                                                                  int32_t acc) {
   for (int32_t r = 0; r < s->runs; ++r, w += s->run_len) {
     int32_t lo, hi;
     const int8_t* start;
     run_at(s, input, y0, x0, r, &lo, &hi, &start);
-    outside = sum_s8(w, lo, outside);
-    acc = dot_s8(w + lo, start + lo, hi - lo, acc);
-    outside = sum_s8(w + hi, s->run_len - hi, outside);
+    acc = dot_s8_offset(w + lo, start + lo, hi - lo, s->p->input_offset, acc);
   }
-  return acc - s->p->input_offset * outside; /* the zero point (= -input_offset) over the padding */
+  return acc;
 }
 
-/* Border output, two dense rows (w, w + row_len) at once. */
+/* Border output, two dense rows (w, w + row_len) at once, from their unfolded biases. */
 static inline __attribute__((always_inline)) void dense_border2(const patch_shape* s, const int8_t* w,
                                                                 int32_t row_len, const int8_t* input, int y0,
                                                                 int x0, int32_t* acc0, int32_t* acc1) {
-  int32_t outside0 = 0, outside1 = 0;
-  const int8_t* v = w + row_len;
-  for (int32_t r = 0; r < s->runs; ++r, w += s->run_len, v += s->run_len) {
+  for (int32_t r = 0; r < s->runs; ++r, w += s->run_len) {
     int32_t lo, hi;
     const int8_t* start;
     run_at(s, input, y0, x0, r, &lo, &hi, &start);
-    outside0 = sum_s8(w, lo, outside0);
-    outside1 = sum_s8(v, lo, outside1);
-    dot2_s8(w + lo, v + lo, start + lo, hi - lo, acc0, acc1);
-    outside0 = sum_s8(w + hi, s->run_len - hi, outside0);
-    outside1 = sum_s8(v + hi, s->run_len - hi, outside1);
+    dot2_s8_offset(w + lo, w + row_len + lo, start + lo, hi - lo, s->p->input_offset, acc0, acc1);
   }
-  *acc0 -= s->p->input_offset * outside0;
-  *acc1 -= s->p->input_offset * outside1;
 }
 
 /* Interior output, block-sparse row whose blocks never straddle two runs (the block size
@@ -230,33 +267,26 @@ static inline __attribute__((always_inline)) int32_t sparse_interior(const patch
   return acc;
 }
 
-/* Border output, block-sparse row whose blocks never straddle two runs: per stored block, the
- * part inside the input is a dot product and the part over the padding a sum for the zero point. */
+/* Border output, block-sparse row whose blocks never straddle two runs, from the unfolded
+ * bias: per stored block, only its part inside the input is read. */
 static inline __attribute__((always_inline)) int32_t sparse_border(const patch_shape* s, const int8_t* w,
                                                                    const uint8_t* bits, const int8_t* input,
                                                                    int y0, int x0, int32_t acc) {
   const int32_t block = 1 << s->p->weights.block_shift;
   const int32_t blocks_per_run = s->run_len / block;
-  int32_t b = 0, outside = 0;
+  int32_t b = 0;
   for (int32_t r = 0; r < s->runs; ++r) {
     int32_t lo, hi;
     const int8_t* start;
     run_at(s, input, y0, x0, r, &lo, &hi, &start);
     for (int32_t i = 0, offset = 0; i < blocks_per_run; ++i, ++b, offset += block) {
       if (!((bits[b >> 3] >> (b & 7)) & 1)) continue;
-      const int32_t end = offset + block;
-      const int32_t a = offset > lo ? offset : lo, z = end < hi ? end : hi;
-      if (z > a) {
-        outside = sum_s8(w, a - offset, outside);
-        acc = dot_s8(w + (a - offset), start + a, z - a, acc);
-        outside = sum_s8(w + (z - offset), end - z, outside);
-      } else {
-        outside = sum_s8(w, block, outside);
-      }
+      const int32_t a = offset > lo ? offset : lo, z = offset + block < hi ? offset + block : hi;
+      if (z > a) acc = dot_s8_offset(w + (a - offset), start + a, z - a, s->p->input_offset, acc);
       w += block;
     }
   }
-  return acc - s->p->input_offset * outside;
+  return acc;
 }
 
 /* Any output, block-sparse row: the stored blocks only, each cut where a run ends, its inside
@@ -362,16 +392,23 @@ static inline __attribute__((always_inline)) void conv_two_rows(const patch_shap
   const aot_conv_params* p = s->p;
   const int32_t k = p->weights.row_len;
   const int32_t bias0 = p->bias ? p->bias[oc] : 0, bias1 = p->bias ? p->bias[oc + 1] : 0;
+  /* the biases without the folded offset, for border outputs */
+  const int32_t border0 = bias0 - p->input_offset * sum_s8(rows, k, 0);
+  const int32_t border1 = bias1 - p->input_offset * sum_s8(rows + k, k, 0);
   int8_t* out = output + oc;
   for (int oy = 0; oy < p->out_h; ++oy) {
     const int y0 = oy * p->stride_h - p->pad_h;
     const int inside_y = oy >= box->oy_lo && oy <= box->oy_hi;
     for (int ox = 0; ox < p->out_w; ++ox, out += p->out_c) {
       const int x0 = ox * p->stride_w - p->pad_w;
-      int32_t acc0 = bias0, acc1 = bias1;
+      int32_t acc0, acc1;
       if (inside_y && ox >= box->ox_lo && ox <= box->ox_hi) {
+        acc0 = bias0;
+        acc1 = bias1;
         dense_interior2(s, rows, k, input, y0, x0, &acc0, &acc1);
       } else {
+        acc0 = border0;
+        acc1 = border1;
         dense_border2(s, rows, k, input, y0, x0, &acc0, &acc1);
       }
       acc0 = requantize(acc0, p->multiplier[oc], p->shift[oc]) + p->output_offset;
@@ -389,6 +426,7 @@ static inline __attribute__((always_inline)) void conv_one_row(const patch_shape
                                                                const int8_t* input, int8_t* output) {
   const aot_conv_params* p = s->p;
   const int32_t bias = p->bias ? p->bias[oc] : 0;
+  const int32_t border_bias = bias - p->input_offset * sum_s8(values, (int32_t)(end - values), 0);
   const int aligned = s->run_len % (1 << p->weights.block_shift) == 0;
   int8_t* out = output + oc;
   if (bits && values == end) { /* a pruned-away filter: a constant */
@@ -408,13 +446,13 @@ static inline __attribute__((always_inline)) void conv_one_row(const patch_shape
       } else if (bits && aligned && inside_y && ox >= box->ox_lo && ox <= box->ox_hi) {
         acc = sparse_interior(s, values, bits, input + (y0 * p->in_w + x0) * p->in_c, bias);
       } else if (bits && aligned) {
-        acc = sparse_border(s, values, bits, input, y0, x0, bias);
+        acc = sparse_border(s, values, bits, input, y0, x0, border_bias);
       } else if (bits) {
         acc = sparse_row(s, &p->weights, values, bits, input, y0, x0, bias);
       } else if (inside_y && ox >= box->ox_lo && ox <= box->ox_hi) {
         acc = dense_interior(s, values, input, y0, x0, bias);
       } else {
-        acc = dense_border(s, values, input, y0, x0, bias);
+        acc = dense_border(s, values, input, y0, x0, border_bias);
       }
       acc = requantize(acc, p->multiplier[oc], p->shift[oc]) + p->output_offset;
       *out = (int8_t)(acc < p->act_min ? p->act_min : acc > p->act_max ? p->act_max : acc);
@@ -476,50 +514,76 @@ static inline __attribute__((always_inline)) void aot_conv2d_inline(const aot_co
 
 /* DEPTHWISE_CONV_2D, fast: per output, each channel's taps clipped to the input (the bias is
  * folded, so the padding adds the zero point times the weights it covers). */
-/* Depth multiplier 1: four channels at a time, their sums kept in registers over the taps; a tap
- * over the padding reads a row of zero points instead of the input. */
+/* Four channels of one tap: a[i] += w[i] * x[i]. */
+static inline __attribute__((always_inline)) void mac4(const int8_t* w, const int8_t* x, int32_t* a0, int32_t* a1,
+                                                       int32_t* a2, int32_t* a3) {
+#if defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
+  uint32_t xv, wv;
+  memcpy(&xv, x, 4);
+  memcpy(&wv, w, 4);
+  const uint32_t x02 = __sxtb16(xv), x13 = __sxtb16(ror8(xv));
+  const uint32_t w02 = __sxtb16(wv), w13 = __sxtb16(ror8(wv));
+  *a0 = __smlabb(w02, x02, *a0);
+  *a2 = __smlatt(w02, x02, *a2);
+  *a1 = __smlabb(w13, x13, *a1);
+  *a3 = __smlatt(w13, x13, *a3);
+#else
+  *a0 += (int32_t)w[0] * x[0];
+  *a1 += (int32_t)w[1] * x[1];
+  *a2 += (int32_t)w[2] * x[2];
+  *a3 += (int32_t)w[3] * x[3];
+#endif
+}
+
+/* Depth multiplier 1: four channels at a time, their sums kept in registers over the taps.
+ * Interior outputs read their window with no tests; at the border a tap over the padding
+ * reads a row of zero points instead of the input (the bias being folded). */
 static inline __attribute__((always_inline)) void depthwise_by_four(const aot_conv_params* p, const int8_t* input,
                                                                     int8_t* output, const int8_t* zero_points) {
   const int8_t* weights = p->weights.values; /* [kh][kw][c] */
   const int channels = p->out_c;
+  const int groups = channels / 4;
+  int oy_lo, oy_hi, ox_lo, ox_hi;
+  interior(p->out_h, p->in_h, p->kernel_h, p->stride_h, p->dilation_h, p->pad_h, &oy_lo, &oy_hi);
+  interior(p->out_w, p->in_w, p->kernel_w, p->stride_w, p->dilation_w, p->pad_w, &ox_lo, &ox_hi);
+  const int32_t tap_step = p->dilation_w * channels;
+  const int32_t row_step = p->dilation_h * p->in_w * channels;
   for (int oy = 0; oy < p->out_h; ++oy) {
     const int y0 = oy * p->stride_h - p->pad_h;
     for (int ox = 0; ox < p->out_w; ++ox) {
       const int x0 = ox * p->stride_w - p->pad_w;
+      const int inside = oy >= oy_lo && oy <= oy_hi && ox >= ox_lo && ox <= ox_hi;
       int8_t* out = output + (oy * p->out_w + ox) * channels;
       for (int c = 0; c < channels; c += 4) {
-        const int lanes = channels - c < 4 ? channels - c : 4;
         int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
         const int8_t* w = weights + c;
-        for (int ky = 0; ky < p->kernel_h; ++ky) {
-          const int y = y0 + p->dilation_h * ky;
-          const int row_inside = y >= 0 && y < p->in_h;
-          const int8_t* in_row = input + y * p->in_w * channels + c;
-          for (int kx = 0; kx < p->kernel_w; ++kx, w += channels) {
-            const int x = x0 + p->dilation_w * kx;
-            const int8_t* in = row_inside && x >= 0 && x < p->in_w ? in_row + x * channels : zero_points;
-#if defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
-            if (lanes == 4) {
-              uint32_t xv, wv;
-              memcpy(&xv, in, 4);
-              memcpy(&wv, w, 4);
-              const uint32_t x02 = __sxtb16(xv), x13 = __sxtb16(ror8(xv));
-              const uint32_t w02 = __sxtb16(wv), w13 = __sxtb16(ror8(wv));
-              a0 = __smlabb(w02, x02, a0);
-              a2 = __smlatt(w02, x02, a2);
-              a1 = __smlabb(w13, x13, a1);
-              a3 = __smlatt(w13, x13, a3);
-              continue;
+        if (inside && c / 4 < groups) {
+          const int8_t* in_row = input + (y0 * p->in_w + x0) * channels + c;
+          for (int ky = 0; ky < p->kernel_h; ++ky, in_row += row_step) {
+            const int8_t* in = in_row;
+            for (int kx = 0; kx < p->kernel_w; ++kx, in += tap_step, w += channels) mac4(w, in, &a0, &a1, &a2, &a3);
+          }
+        } else {
+          const int lanes = channels - c < 4 ? channels - c : 4;
+          for (int ky = 0; ky < p->kernel_h; ++ky) {
+            const int y = y0 + p->dilation_h * ky;
+            const int row_inside = y >= 0 && y < p->in_h;
+            for (int kx = 0; kx < p->kernel_w; ++kx, w += channels) {
+              const int x = x0 + p->dilation_w * kx;
+              const int8_t* in = row_inside && x >= 0 && x < p->in_w ? input + (y * p->in_w + x) * channels + c
+                                                                     : zero_points;
+              if (lanes == 4) {
+                mac4(w, in, &a0, &a1, &a2, &a3);
+              } else {
+                a0 += (int32_t)w[0] * in[0];
+                if (lanes > 1) a1 += (int32_t)w[1] * in[1];
+                if (lanes > 2) a2 += (int32_t)w[2] * in[2];
+              }
             }
-#endif
-            a0 += (int32_t)w[0] * in[0];
-            if (lanes > 1) a1 += (int32_t)w[1] * in[1];
-            if (lanes > 2) a2 += (int32_t)w[2] * in[2];
-            if (lanes > 3) a3 += (int32_t)w[3] * in[3];
           }
         }
         const int32_t sums[4] = {a0, a1, a2, a3};
-        for (int i = 0; i < lanes; ++i) {
+        for (int i = 0; i < 4 && c + i < channels; ++i) {
           const int32_t acc = (p->bias ? p->bias[c + i] : 0) + sums[i];
           const int32_t v = requantize(acc, p->multiplier[c + i], p->shift[c + i]) + p->output_offset;
           out[c + i] = (int8_t)(v < p->act_min ? p->act_min : v > p->act_max ? p->act_max : v);
