@@ -392,9 +392,10 @@ static inline __attribute__((always_inline)) void conv_two_rows(const patch_shap
   const aot_conv_params* p = s->p;
   const int32_t k = p->weights.row_len;
   const int32_t bias0 = p->bias ? p->bias[oc] : 0, bias1 = p->bias ? p->bias[oc + 1] : 0;
-  /* the biases without the folded offset, for border outputs */
-  const int32_t border0 = bias0 - p->input_offset * sum_s8(rows, k, 0);
-  const int32_t border1 = bias1 - p->input_offset * sum_s8(rows + k, k, 0);
+  /* the biases without the folded offset, for border outputs (if the layer has any) */
+  const int any_border = box->oy_lo > 0 || box->oy_hi < p->out_h - 1 || box->ox_lo > 0 || box->ox_hi < p->out_w - 1;
+  const int32_t border0 = any_border ? bias0 - p->input_offset * sum_s8(rows, k, 0) : 0;
+  const int32_t border1 = any_border ? bias1 - p->input_offset * sum_s8(rows + k, k, 0) : 0;
   int8_t* out = output + oc;
   for (int oy = 0; oy < p->out_h; ++oy) {
     const int y0 = oy * p->stride_h - p->pad_h;
@@ -426,7 +427,8 @@ static inline __attribute__((always_inline)) void conv_one_row(const patch_shape
                                                                const int8_t* input, int8_t* output) {
   const aot_conv_params* p = s->p;
   const int32_t bias = p->bias ? p->bias[oc] : 0;
-  const int32_t border_bias = bias - p->input_offset * sum_s8(values, (int32_t)(end - values), 0);
+  const int any_border = box->oy_lo > 0 || box->oy_hi < p->out_h - 1 || box->ox_lo > 0 || box->ox_hi < p->out_w - 1;
+  const int32_t border_bias = any_border ? bias - p->input_offset * sum_s8(values, (int32_t)(end - values), 0) : 0;
   const int aligned = s->run_len % (1 << p->weights.block_shift) == 0;
   int8_t* out = output + oc;
   if (bits && values == end) { /* a pruned-away filter: a constant */
