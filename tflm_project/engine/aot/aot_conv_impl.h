@@ -289,6 +289,11 @@ static inline __attribute__((always_inline)) int32_t sparse_border(const patch_s
   return acc;
 }
 
+/* Blocks in a row of the layer's kernel. */
+static inline int32_t k_blocks(const patch_shape* s) {
+  return ((s->p->weights.row_len - 1) >> s->p->weights.block_shift) + 1;
+}
+
 /* Any output, block-sparse row: the stored blocks only, each cut where a run ends, its inside
  * part a dot product and its part over the padding summed for the zero point. */
 static inline __attribute__((always_inline)) int32_t sparse_row(const patch_shape* s, const aot_weights* weights, const int8_t* w,
@@ -437,13 +442,53 @@ static inline __attribute__((always_inline)) void conv_one_row(const patch_shape
     for (int i = 0; i < p->out_h * p->out_w; ++i, out += p->out_c) *out = constant;
     return;
   }
+  /* Aligned block-sparse row: where each stored block reads in an interior window, found once
+   * per row (the bitmap then is not read again per output). */
+  const int32_t block = 1 << p->weights.block_shift;
+  const int32_t blocks = bits && aligned ? k_blocks(s) : 0;
+  int32_t offsets[AOT_ROW_BUFFER_BYTES / 4];
+  uint8_t run_of[AOT_ROW_BUFFER_BYTES / 4], start_in_run[AOT_ROW_BUFFER_BYTES / 4];
+  int32_t stored = 0;
+  if (bits && aligned && !contiguous && blocks <= AOT_ROW_BUFFER_BYTES / 4 && s->runs <= 255 && s->run_len < 256) {
+    const int32_t blocks_per_run = s->run_len / block;
+    for (int32_t b = 0; b < blocks; ++b) {
+      if (!((bits[b >> 3] >> (b & 7)) & 1)) continue;
+      const int32_t r = b / blocks_per_run, ky = r / s->runs_per_row, kx = r - ky * s->runs_per_row;
+      run_of[stored] = (uint8_t)r;
+      start_in_run[stored] = (uint8_t)((b - r * blocks_per_run) * block);
+      offsets[stored++] = ky * p->dilation_h * p->in_w * p->in_c + kx * p->dilation_w * p->in_c +
+                          (b - r * blocks_per_run) * block;
+    }
+  } else {
+    stored = -1; /* not listed: walk the bitmap */
+  }
   for (int oy = 0; oy < p->out_h; ++oy) {
     const int y0 = oy * p->stride_h - p->pad_h;
     const int inside_y = oy >= box->oy_lo && oy <= box->oy_hi;
     for (int ox = 0; ox < p->out_w; ++ox, out += p->out_c) {
       const int x0 = ox * p->stride_w - p->pad_w;
       int32_t acc;
-      if (bits && contiguous) {
+      if (stored >= 0 && inside_y && ox >= box->ox_lo && ox <= box->ox_hi) {
+        const int8_t* window = input + (y0 * p->in_w + x0) * p->in_c;
+        const int8_t* w = values;
+        acc = bias;
+        for (int32_t j = 0; j < stored; ++j, w += block) acc = dot_s8(w, window + offsets[j], block, acc);
+      } else if (stored >= 0) { /* border: each listed block clipped to its run's inside part */
+        int32_t run = -1, lo = 0, hi = 0;
+        const int8_t* start = input;
+        const int8_t* w = values;
+        acc = border_bias;
+        for (int32_t j = 0; j < stored; ++j, w += block) { /* blocks in run order */
+          if (run_of[j] != run) {
+            run = run_of[j];
+            run_at(s, input, y0, x0, run, &lo, &hi, &start);
+          }
+          const int32_t first = start_in_run[j];
+          const int32_t a = first > lo ? first : lo;
+          const int32_t z = first + block < hi ? first + block : hi;
+          if (z > a) acc = dot_s8_offset(w + (a - first), start + a, z - a, p->input_offset, acc);
+        }
+      } else if (bits && contiguous) {
         acc = sparse_contiguous(&p->weights, values, bits, input + (y0 * p->in_w + x0) * p->in_c, bias);
       } else if (bits && aligned && inside_y && ox >= box->ox_lo && ox <= box->ox_hi) {
         acc = sparse_interior(s, values, bits, input + (y0 * p->in_w + x0) * p->in_c, bias);
