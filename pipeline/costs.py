@@ -124,7 +124,8 @@ def block_sparse_weight_bytes(graph: ResourceGraph) -> int:
 
     Every nonzero kernel weight lies in a stored block of PRUNING_BLOCK
     values, which MS's block bound already counts; on top come one bit per
-    block of each row (rounded up to bytes per row) and every bias.
+    block of each row (rounded up to bytes per row) and a bias per output row,
+    stored even for a bias-free layer (the engine folds the input offset into it).
     """
     total = 0
     for op in graph.ops:
@@ -132,7 +133,7 @@ def block_sparse_weight_bytes(graph: ResourceGraph) -> int:
             blocks_per_row = math.ceil(op.kernel_weights / max(op.rows, 1) / PRUNING_BLOCK)
             bitmap = op.rows * math.ceil(blocks_per_row / 8)
             total += min(op.kernel_weights, op.kernel_nonzeros + bitmap) * KERNEL_BYTES
-        total += op.bias_weights * BIAS_BYTES
+        total += max(op.bias_weights, op.rows if op.kernel_weights else 0) * BIAS_BYTES
     return total
 
 

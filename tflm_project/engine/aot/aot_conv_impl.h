@@ -1,18 +1,18 @@
 /* CONV_2D, fast: the same integers as aot_conv2d_reference, computed with fewer instructions.
  *
- * Included by the generated aot_model.c: each layer's call is inlined with that layer's constant
- * parameters (a static const struct), so the compiler specialises the kernel per layer, folding
- * shapes, strides and padding, and drops the paths the layer cannot take.
+ * Inlined per layer into the generated aot_model.c (through aot_fast.h) with the layer's static
+ * const parameters, so the compiler folds shapes, strides and padding and drops the paths the
+ * layer cannot take.
  *
  * - The input offset is folded into the bias at generation time (pipeline/aot.py), so an
  *   interior output is bias + sum(w * x) with no per-weight addition.
- * - Outputs whose receptive field lies inside the input (the interior) take a path with no
- *   bounds tests: the patch is a few contiguous runs of input bytes (one per kernel row, or
- *   per tap when dilated). Border outputs read the zero point for every tap outside the
- *   input, which with the folded bias is exactly TFLite's zero padding.
- * - A block-sparse row is walked block by block: the bitmap is read once per block of 1-16
- *   weights, and a pruned block costs a pointer step.
- * - On a core with the DSP extension (Cortex-M4), four int8 products take two SMLADs.
+ * - Outputs whose window lies inside the input (the interior) take a path with no bounds
+ *   tests: the window is a few contiguous runs of input bytes (one per kernel row, or per tap
+ *   when dilated). Border outputs read only the inside part of each run, from the unfolded
+ *   bias with the offset applied to what they read, so the padding costs nothing.
+ * - Dense rows run two output channels per pass. A block-sparse row lists its stored blocks
+ *   once (or is walked block by block), so a pruned block costs nothing; short rows of small
+ *   blocks are expanded into a stack buffer and run as dense.
  */
 #ifndef AOT_CONV_IMPL_H_
 #define AOT_CONV_IMPL_H_
@@ -20,134 +20,7 @@
 #include <string.h>
 
 #include "aot_kernels.h"
-
-#if defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
-#include <arm_acle.h>
-#endif
-
-/* acc + sum of w[i] * x[i] for i < n. */
-static inline int32_t dot_s8(const int8_t* w, const int8_t* x, int32_t n, int32_t acc) {
-#if defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
-  for (; n >= 4; n -= 4, w += 4, x += 4) {
-    uint32_t wv, xv;
-    memcpy(&wv, w, 4); /* unaligned loads: one LDR each on the M4 */
-    memcpy(&xv, x, 4);
-    acc = __smlad(__sxtb16(wv), __sxtb16(xv), acc);
-    acc = __smlad(__sxtb16((wv >> 8) | (wv << 24)), __sxtb16((xv >> 8) | (xv << 24)), acc);
-  }
-#endif
-  for (; n > 0; --n) acc += (int32_t)(*w++) * (int32_t)(*x++);
-  return acc;
-}
-
-#ifndef AOT_ROW_BUFFER_BYTES
-/* A block-sparse row of up to this many weights is expanded (zeros included) into a stack
- * buffer, two rows at a time, and runs through the dense paths: part of the engine's fixed
- * stack, not of the arena. Longer rows are walked block by block. */
-#define AOT_ROW_BUFFER_BYTES 256
-#endif
-
-/* aot_multiply_by_quantized_multiplier, inlined for a multiplier in [0, 2^31): TFLite's
- * double rounding, with the 64-bit division by 2^31 done as a shift. */
-static inline int32_t requantize(int32_t acc, int32_t multiplier, int shift) {
-  const int left = shift > 0 ? shift : 0;
-  const int right = shift > 0 ? 0 : -shift;
-  const int64_t ab = (int64_t)(int32_t)((uint32_t)acc << left) * multiplier;
-  const int64_t nudged = ab + (ab >= 0 ? (1 << 30) : (1 - (1 << 30)));
-  const int32_t high = (int32_t)((nudged + (nudged < 0 ? 0x7fffffffLL : 0)) >> 31); /* toward zero */
-  if (right == 0) return high;
-  const int32_t mask = (int32_t)(((int64_t)1 << right) - 1);
-  const int32_t threshold = (mask >> 1) + (high < 0 ? 1 : 0);
-  return (high >> right) + ((high & mask) > threshold ? 1 : 0);
-}
-
-static inline uint32_t ror8(uint32_t v) { return (v >> 8) | (v << 24); }
-
-/* Two rows against the same input: acc0 += w0 . x and acc1 += w1 . x, each input loaded once. */
-static inline __attribute__((always_inline)) void dot2_s8(const int8_t* w0, const int8_t* w1, const int8_t* x,
-                                                          int32_t n, int32_t* acc0, int32_t* acc1) {
-  int32_t a0 = *acc0, a1 = *acc1;
-#if defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
-  for (; n >= 4; n -= 4, w0 += 4, w1 += 4, x += 4) {
-    uint32_t xv, u, v;
-    memcpy(&xv, x, 4);
-    memcpy(&u, w0, 4);
-    memcpy(&v, w1, 4);
-    const uint32_t x02 = __sxtb16(xv), x13 = __sxtb16(ror8(xv));
-    a0 = __smlad(__sxtb16(u), x02, a0);
-    a0 = __smlad(__sxtb16(ror8(u)), x13, a0);
-    a1 = __smlad(__sxtb16(v), x02, a1);
-    a1 = __smlad(__sxtb16(ror8(v)), x13, a1);
-  }
-#endif
-  for (; n > 0; --n) {
-    const int32_t xi = *x++;
-    a0 += (int32_t)(*w0++) * xi;
-    a1 += (int32_t)(*w1++) * xi;
-  }
-  *acc0 = a0;
-  *acc1 = a1;
-}
-
-/* acc + sum of w[i] for i < n. */
-static inline int32_t sum_s8(const int8_t* w, int32_t n, int32_t acc) {
-#if defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
-  for (; n >= 4; n -= 4, w += 4) {
-    uint32_t wv;
-    memcpy(&wv, w, 4);
-    acc = __smlad(__sxtb16(wv), 0x00010001u, acc);
-    acc = __smlad(__sxtb16((wv >> 8) | (wv << 24)), 0x00010001u, acc);
-  }
-#endif
-  for (; n > 0; --n) acc += *w++;
-  return acc;
-}
-
-/* acc + sum of w[i] * (x[i] + offset) for i < n: a border output's inside part, with the input
- * offset applied to the inputs read rather than folded (the padding then adds nothing). */
-static inline __attribute__((always_inline)) int32_t dot_s8_offset(const int8_t* w, const int8_t* x, int32_t n,
-                                                                   int32_t offset, int32_t acc) {
-#if defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
-  const uint32_t offsets = ((uint32_t)offset & 0xffffu) | ((uint32_t)offset << 16);
-  for (; n >= 4; n -= 4, w += 4, x += 4) {
-    uint32_t wv, xv;
-    memcpy(&wv, w, 4);
-    memcpy(&xv, x, 4);
-    acc = __smlad(__sxtb16(wv), __sadd16(__sxtb16(xv), offsets), acc);
-    acc = __smlad(__sxtb16(ror8(wv)), __sadd16(__sxtb16(ror8(xv)), offsets), acc);
-  }
-#endif
-  for (; n > 0; --n) acc += (int32_t)(*w++) * ((int32_t)(*x++) + offset);
-  return acc;
-}
-
-/* Two rows against the same input, the input offset applied to each input read. */
-static inline __attribute__((always_inline)) void dot2_s8_offset(const int8_t* w0, const int8_t* w1,
-                                                                 const int8_t* x, int32_t n, int32_t offset,
-                                                                 int32_t* acc0, int32_t* acc1) {
-  int32_t a0 = *acc0, a1 = *acc1;
-#if defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
-  const uint32_t offsets = ((uint32_t)offset & 0xffffu) | ((uint32_t)offset << 16);
-  for (; n >= 4; n -= 4, w0 += 4, w1 += 4, x += 4) {
-    uint32_t xv, u, v;
-    memcpy(&xv, x, 4);
-    memcpy(&u, w0, 4);
-    memcpy(&v, w1, 4);
-    const uint32_t x02 = __sadd16(__sxtb16(xv), offsets), x13 = __sadd16(__sxtb16(ror8(xv)), offsets);
-    a0 = __smlad(__sxtb16(u), x02, a0);
-    a0 = __smlad(__sxtb16(ror8(u)), x13, a0);
-    a1 = __smlad(__sxtb16(v), x02, a1);
-    a1 = __smlad(__sxtb16(ror8(v)), x13, a1);
-  }
-#endif
-  for (; n > 0; --n) {
-    const int32_t xi = (int32_t)(*x++) + offset;
-    a0 += (int32_t)(*w0++) * xi;
-    a1 += (int32_t)(*w1++) * xi;
-  }
-  *acc0 = a0;
-  *acc1 = a1;
-}
+#include "aot_simd.h"
 
 /* The patch as runs of contiguous input bytes: one per kernel row (undilated), else one per tap. */
 typedef struct {
@@ -350,24 +223,7 @@ static inline __attribute__((always_inline)) int32_t sparse_contiguous(const aot
   return acc;
 }
 
-/* First output index whose window starts at or after 0, and last whose window ends inside. */
-static inline __attribute__((always_inline)) void interior(int out, int in, int kernel, int stride, int dilation, int pad, int* lo, int* hi) {
-  *lo = (pad + stride - 1) / stride;
-  const int last = in - 1 + pad - (kernel - 1) * dilation; /* largest o * stride allowed */
-  *hi = last < 0 ? -1 : last / stride;
-  if (*hi > out - 1) *hi = out - 1;
-}
 
-/* make AOT_KERNELS=reference: the portable references in the fast kernels' place (the oracle). */
-#ifdef AOT_REFERENCE_KERNELS
-#define AOT_CONV2D(params, input, output) aot_conv2d_reference(&(params), (input), (output))
-#define AOT_DEPTHWISE_CONV2D(params, input, output) aot_depthwise_conv2d_reference(&(params), (input), (output))
-#define AOT_MAX_POOL(params, input, output) aot_max_pool_reference(&(params), (input), (output))
-#else
-#define AOT_CONV2D(params, input, output) aot_conv2d_inline(&(params), (input), (output))
-#define AOT_DEPTHWISE_CONV2D(params, input, output) aot_depthwise_conv2d_inline(&(params), (input), (output))
-#define AOT_MAX_POOL(params, input, output) aot_max_pool_inline(&(params), (input), (output))
-#endif
 
 
 /* Copies a block-sparse row into `dense`, zeros where blocks were pruned. */
@@ -561,152 +417,5 @@ static inline __attribute__((always_inline)) void aot_conv2d_inline(const aot_co
 
 /* DEPTHWISE_CONV_2D, fast: per output, each channel's taps clipped to the input (the bias is
  * folded, so the padding adds the zero point times the weights it covers). */
-/* Four channels of one tap: a[i] += w[i] * x[i]. */
-static inline __attribute__((always_inline)) void mac4(const int8_t* w, const int8_t* x, int32_t* a0, int32_t* a1,
-                                                       int32_t* a2, int32_t* a3) {
-#if defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
-  uint32_t xv, wv;
-  memcpy(&xv, x, 4);
-  memcpy(&wv, w, 4);
-  const uint32_t x02 = __sxtb16(xv), x13 = __sxtb16(ror8(xv));
-  const uint32_t w02 = __sxtb16(wv), w13 = __sxtb16(ror8(wv));
-  *a0 = __smlabb(w02, x02, *a0);
-  *a2 = __smlatt(w02, x02, *a2);
-  *a1 = __smlabb(w13, x13, *a1);
-  *a3 = __smlatt(w13, x13, *a3);
-#else
-  *a0 += (int32_t)w[0] * x[0];
-  *a1 += (int32_t)w[1] * x[1];
-  *a2 += (int32_t)w[2] * x[2];
-  *a3 += (int32_t)w[3] * x[3];
-#endif
-}
-
-/* Depth multiplier 1: four channels at a time, their sums kept in registers over the taps.
- * Interior outputs read their window with no tests; at the border a tap over the padding
- * reads a row of zero points instead of the input (the bias being folded). */
-static inline __attribute__((always_inline)) void depthwise_by_four(const aot_conv_params* p, const int8_t* input,
-                                                                    int8_t* output, const int8_t* zero_points) {
-  const int8_t* weights = p->weights.values; /* [kh][kw][c] */
-  const int channels = p->out_c;
-  const int groups = channels / 4;
-  int oy_lo, oy_hi, ox_lo, ox_hi;
-  interior(p->out_h, p->in_h, p->kernel_h, p->stride_h, p->dilation_h, p->pad_h, &oy_lo, &oy_hi);
-  interior(p->out_w, p->in_w, p->kernel_w, p->stride_w, p->dilation_w, p->pad_w, &ox_lo, &ox_hi);
-  const int32_t tap_step = p->dilation_w * channels;
-  const int32_t row_step = p->dilation_h * p->in_w * channels;
-  for (int oy = 0; oy < p->out_h; ++oy) {
-    const int y0 = oy * p->stride_h - p->pad_h;
-    for (int ox = 0; ox < p->out_w; ++ox) {
-      const int x0 = ox * p->stride_w - p->pad_w;
-      const int inside = oy >= oy_lo && oy <= oy_hi && ox >= ox_lo && ox <= ox_hi;
-      int8_t* out = output + (oy * p->out_w + ox) * channels;
-      for (int c = 0; c < channels; c += 4) {
-        int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-        const int8_t* w = weights + c;
-        if (inside && c / 4 < groups) {
-          const int8_t* in_row = input + (y0 * p->in_w + x0) * channels + c;
-          for (int ky = 0; ky < p->kernel_h; ++ky, in_row += row_step) {
-            const int8_t* in = in_row;
-            for (int kx = 0; kx < p->kernel_w; ++kx, in += tap_step, w += channels) mac4(w, in, &a0, &a1, &a2, &a3);
-          }
-        } else {
-          const int lanes = channels - c < 4 ? channels - c : 4;
-          for (int ky = 0; ky < p->kernel_h; ++ky) {
-            const int y = y0 + p->dilation_h * ky;
-            const int row_inside = y >= 0 && y < p->in_h;
-            for (int kx = 0; kx < p->kernel_w; ++kx, w += channels) {
-              const int x = x0 + p->dilation_w * kx;
-              const int8_t* in = row_inside && x >= 0 && x < p->in_w ? input + (y * p->in_w + x) * channels + c
-                                                                     : zero_points;
-              if (lanes == 4) {
-                mac4(w, in, &a0, &a1, &a2, &a3);
-              } else {
-                a0 += (int32_t)w[0] * in[0];
-                if (lanes > 1) a1 += (int32_t)w[1] * in[1];
-                if (lanes > 2) a2 += (int32_t)w[2] * in[2];
-              }
-            }
-          }
-        }
-        const int32_t sums[4] = {a0, a1, a2, a3};
-        for (int i = 0; i < 4 && c + i < channels; ++i) {
-          const int32_t acc = (p->bias ? p->bias[c + i] : 0) + sums[i];
-          const int32_t v = requantize(acc, p->multiplier[c + i], p->shift[c + i]) + p->output_offset;
-          out[c + i] = (int8_t)(v < p->act_min ? p->act_min : v > p->act_max ? p->act_max : v);
-        }
-      }
-    }
-  }
-}
-
-static inline __attribute__((always_inline)) void aot_depthwise_conv2d_inline(const aot_conv_params* p,
-                                                                              const int8_t* input,
-                                                                              int8_t* output) {
-  if (p->depth_multiplier == 1 && p->out_c <= AOT_ROW_BUFFER_BYTES) {
-    int8_t zero_points[AOT_ROW_BUFFER_BYTES + 4] __attribute__((aligned(4)));
-    memset(zero_points, -p->input_offset, sizeof(zero_points));
-    depthwise_by_four(p, input, output, zero_points);
-    return;
-  }
-  const int8_t* weights = p->weights.values; /* [kh][kw][out_c] */
-  for (int oy = 0; oy < p->out_h; ++oy) {
-    const int y0 = oy * p->stride_h - p->pad_h;
-    for (int ox = 0; ox < p->out_w; ++ox) {
-      const int x0 = ox * p->stride_w - p->pad_w;
-      int8_t* out = output + (oy * p->out_w + ox) * p->out_c;
-      for (int oc = 0; oc < p->out_c; ++oc) {
-        const int ic = oc / p->depth_multiplier;
-        int32_t acc = p->bias ? p->bias[oc] : 0, outside = 0;
-        for (int ky = 0; ky < p->kernel_h; ++ky) {
-          const int y = y0 + p->dilation_h * ky;
-          const int8_t* w = weights + ky * p->kernel_w * p->out_c + oc;
-          if (y < 0 || y >= p->in_h) {
-            for (int kx = 0; kx < p->kernel_w; ++kx) outside += w[kx * p->out_c];
-            continue;
-          }
-          const int8_t* in = input + y * p->in_w * p->in_c + ic;
-          for (int kx = 0; kx < p->kernel_w; ++kx) {
-            const int x = x0 + p->dilation_w * kx;
-            if (x < 0 || x >= p->in_w) {
-              outside += w[kx * p->out_c];
-            } else {
-              acc += (int32_t)w[kx * p->out_c] * (int32_t)in[x * p->in_c];
-            }
-          }
-        }
-        acc = requantize(acc - p->input_offset * outside, p->multiplier[oc], p->shift[oc]) + p->output_offset;
-        out[oc] = (int8_t)(acc < p->act_min ? p->act_min : acc > p->act_max ? p->act_max : acc);
-      }
-    }
-  }
-}
-
-/* MAX_POOL_2D, fast: the window clipped to the input once per output, channels innermost. */
-static inline __attribute__((always_inline)) void aot_max_pool_inline(const aot_pool_params* p,
-                                                                      const int8_t* input, int8_t* output) {
-  for (int oy = 0; oy < p->out_h; ++oy) {
-    const int y0 = oy * p->stride_h - p->pad_h;
-    const int fy0 = y0 < 0 ? -y0 : 0;
-    const int fy1 = p->filter_h < p->in_h - y0 ? p->filter_h : p->in_h - y0;
-    for (int ox = 0; ox < p->out_w; ++ox) {
-      const int x0 = ox * p->stride_w - p->pad_w;
-      const int fx0 = x0 < 0 ? -x0 : 0;
-      const int fx1 = p->filter_w < p->in_w - x0 ? p->filter_w : p->in_w - x0;
-      int8_t* out = output + (oy * p->out_w + ox) * p->c;
-      for (int c = 0; c < p->c; ++c) out[c] = -128;
-      for (int fy = fy0; fy < fy1; ++fy) {
-        for (int fx = fx0; fx < fx1; ++fx) {
-          const int8_t* in = input + ((y0 + fy) * p->in_w + (x0 + fx)) * p->c;
-          for (int c = 0; c < p->c; ++c) out[c] = in[c] > out[c] ? in[c] : out[c];
-        }
-      }
-      for (int c = 0; c < p->c; ++c) {
-        const int32_t v = out[c];
-        out[c] = (int8_t)(v < p->act_min ? p->act_min : v > p->act_max ? p->act_max : v);
-      }
-    }
-  }
-}
 
 #endif /* AOT_CONV_IMPL_H_ */
