@@ -32,7 +32,6 @@ from pipeline.errors import UserError
 from pipeline.tflite_graph import ACTIVATIONS, PADDING_SAME, Graph, Operator, Tensor, read_graph
 
 _MAX_BLOCK_SHIFT = 4  # bitmap blocks of up to 16 weights, costs.PRUNING_BLOCK
-DENSE_ALLOWANCE = 1.25  # weights in flash up to this x MS, to store layers dense for speed (goal: 1.3)
 
 SUPPORTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "MAX_POOL_2D", "AVERAGE_POOL_2D",
                  "ADD", "CONCATENATION", "RESHAPE", "MEAN", "SOFTMAX", "QUANTIZE")
@@ -182,9 +181,8 @@ def generate(data: bytes, label: str = "model") -> AotModel:
     order = [int(name.split(":")[0]) for name in order_names]
     arena, placed = costs.arena_plan(resources, order_names)
     offsets = {int(t): offset for t, offset in placed.items()}
-    # dense-for-speed stays within the flash the search promised (the block-sparse bound)
-    allowance = min(DENSE_ALLOWANCE * costs.model_size_bytes(resources),
-                    costs.block_sparse_weight_bytes(resources))
+    # dense-for-speed stays within the flash the search promised for these weights
+    allowance = costs.aot_weight_bytes(resources)
     emit = _Emitter(graph, offsets, _dense_layers(graph, allowance))
     by_index = {op.index: op for op in graph.operators}
     operators = []
@@ -342,8 +340,8 @@ def _smallest_format(kernel: np.ndarray) -> tuple[int, int | None]:
 def _dense_layers(graph: Graph, allowed_bytes: float) -> frozenset[int]:
     """Layers stored dense though a bitmap would be smaller, because a dense row runs faster.
 
-    Within ``allowed_bytes`` for all weights (DENSE_ALLOWANCE x MS, the target being 1.3x, and
-    never above the flash the search promised), layers are taken in order of multiply-accumulates
+    Within ``allowed_bytes`` for all weights (costs.aot_weight_bytes: the flash the search was
+    promised, up to AOT_DENSE_ALLOWANCE x MS), layers are taken in order of multiply-accumulates
     per extra byte, most first: a nearly dense layer costs a few bytes more and runs two output
     channels per pass; a heavily pruned one would cost several times its stored bytes, and stays
     block-sparse, where a pruned block costs no time.

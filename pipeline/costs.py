@@ -28,6 +28,7 @@ BIAS_BYTES = 4
 ACTIVATION_BYTES = 1
 ARENA_SEARCH_NODES = 5000  # placement orders tried when first fit misses WM
 PRUNING_BLOCK = 16  # weights per pruning block along an output row; see pipeline.block_pruning
+AOT_DENSE_ALLOWANCE = 1.25  # the AOT engine may store weights dense for speed up to this x MS (goal 1.3)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,6 +136,19 @@ def block_sparse_weight_bytes(graph: ResourceGraph) -> int:
             total += min(op.kernel_weights, op.kernel_nonzeros + bitmap) * KERNEL_BYTES
         total += max(op.bias_weights, op.rows if op.kernel_weights else 0) * BIAS_BYTES
     return total
+
+
+def aot_weight_bytes(graph: ResourceGraph) -> int:
+    """The most flash the AOT engine gives these weights: its promise to the search.
+
+    The block-sparse bound, or up to AOT_DENSE_ALLOWANCE x MS when that is more (never more
+    than every kernel dense): within it, the engine stores nearly dense layers dense, which
+    run faster (pipeline.aot).
+    """
+    dense = dense_weight_bytes(graph) + sum(
+        max(0, op.rows - op.bias_weights) * BIAS_BYTES for op in graph.ops if op.kernel_weights)
+    allowance = int(AOT_DENSE_ALLOWANCE * model_size_bytes(graph))
+    return max(block_sparse_weight_bytes(graph), min(allowance, dense))
 
 
 def working_memory_bytes(graph: ResourceGraph) -> int:

@@ -73,7 +73,7 @@ def resource_costs(graph: costs.ResourceGraph, budget: Budget) -> dict:
     if budget.engine is not None:
         aot = budget.engine.engine == "aot"
         ops, channels = costs.operator_count(graph), costs.output_channels(graph)
-        weights = costs.block_sparse_weight_bytes(graph) if aot else costs.dense_weight_bytes(graph)
+        weights = costs.aot_weight_bytes(graph) if aot else costs.dense_weight_bytes(graph)
         found["firmware_flash_bytes"] = budget.engine.flash_needed(weights, ops, channels)
         found["firmware_ram_bytes"] = budget.engine.ram_needed(arena if aot else wm, ops, channels)
         constraints |= {"board_flash": found["firmware_flash_bytes"] - budget.board_flash,
