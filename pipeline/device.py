@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import firmware, tflite_model, tflm
+from pipeline import firmware, tflite_model
 from pipeline.boards import Board, get_board
 from pipeline.errors import UserError, ensure_directory
 
