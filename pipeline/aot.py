@@ -12,7 +12,10 @@ the peak of live tensors (`costs.best_schedule`, the same computation as the
 search's WM); offsets come from `costs.arena_plan`, the same function the
 search budgets with, which places buffers so that the arena equals WM
 whenever its bounded search finds such a placement; reshapes share their
-input's bytes.
+input's bytes. A convolution's scratch (a sparse row's block list or its
+expanded rows) is the largest part of the arena no tensor occupies while
+it runs (`costs.scratch_spans`); a layer without room walks its bitmap
+instead, so the engine needs no RAM beyond the arena and a small stack.
 
 Weights: each CONV_2D and FULLY_CONNECTED kernel is stored dense or, when
 smaller, as a per-row bitmap over blocks of 1 to 16 weights plus the values
@@ -105,8 +108,10 @@ def _c_array(ctype: str, name: str, values: np.ndarray | list[int]) -> str:
 class _Emitter:
     """Collects constant arrays, parameter structs and kernel calls."""
 
-    def __init__(self, graph: Graph, offsets: dict[int, int], dense: frozenset[int] = frozenset()):
+    def __init__(self, graph: Graph, offsets: dict[int, int], dense: frozenset[int] = frozenset(),
+                 scratch: dict[int, tuple[int, int]] | None = None):
         self.graph, self.offsets, self.dense = graph, offsets, dense
+        self.scratch = scratch or {}  # operator index -> (offset, bytes) of free arena while it runs
         self.arrays: list[str] = []
         self.calls: list[str] = []
         self.kernel_bytes = self.bias_bytes = self.quant_bytes = 0
@@ -183,7 +188,9 @@ def generate(data: bytes, label: str = "model") -> AotModel:
     offsets = {int(t): offset for t, offset in placed.items()}
     # dense-for-speed stays within the flash the search promised for these weights
     allowance = costs.aot_weight_bytes(resources)
-    emit = _Emitter(graph, offsets, _dense_layers(graph, allowance))
+    spans = costs.scratch_spans(resources, order_names, placed, arena)
+    scratch = {int(name.split(":")[0]): span for name, span in spans.items()}
+    emit = _Emitter(graph, offsets, _dense_layers(graph, allowance), scratch)
     by_index = {op.index: op for op in graph.operators}
     operators = []
     for index in order:
@@ -245,7 +252,9 @@ def _emit_op(emit: _Emitter, op: Operator) -> None:
         if depthwise:
             emit.calls.append(f"  AOT_DEPTHWISE_CONV2D({name}, {emit.ptr(x.index)}, {emit.ptr(y.index)});\n")
         else:  # inlined with the layer's constants: specialised per layer (engine/aot/aot_fast.h)
-            emit.calls.append(f"  AOT_CONV2D({name}, {emit.ptr(x.index)}, {emit.ptr(y.index)});\n")
+            at, size = emit.scratch.get(op.index, (0, 0))
+            emit.calls.append(f"  AOT_CONV2D({name}, {emit.ptr(x.index)}, {emit.ptr(y.index)}, "
+                              f"{f'arena + {at}' if size else '0'}, {size});\n")
     elif op.name == "FULLY_CONNECTED":
         x, w, y = t[op.inputs[0]], t[op.inputs[1]], t[op.outputs[0]]
         bias = t[op.inputs[2]] if len(op.inputs) > 2 and op.inputs[2] >= 0 else None
@@ -337,6 +346,9 @@ def _smallest_format(kernel: np.ndarray) -> tuple[int, int | None]:
     return best
 
 
+_LISTED_DENSE_BELOW = 0.3  # zero fraction under which a listed 1x1 layer runs faster dense
+
+
 def _dense_layers(graph: Graph, allowed_bytes: float) -> frozenset[int]:
     """Layers stored dense though a bitmap would be smaller, because a dense row runs faster.
 
@@ -344,18 +356,22 @@ def _dense_layers(graph: Graph, allowed_bytes: float) -> frozenset[int]:
     promised, up to AOT_DENSE_ALLOWANCE x MS), layers are taken in order of multiply-accumulates
     per extra byte, most first: a nearly dense layer costs a few bytes more and runs two output
     channels per pass; a heavily pruned one would cost several times its stored bytes, and stays
-    block-sparse, where a pruned block costs no time.
+    block-sparse, where a pruned block costs no time. A 1x1 convolution pruned in blocks of four
+    or more runs its stored blocks from a list two pixels at a time, as fast per stored weight as
+    dense, so it stays block-sparse unless nearly dense (_LISTED_DENSE_BELOW of it zero).
     """
     t = graph.tensors
     candidates, stored = [], 0
     for op in graph.operators:
         if op.name in ("CONV_2D", "FULLY_CONNECTED"):
             w = t[op.inputs[1]]
-            smallest, _ = _smallest_format(w.data)
+            smallest, shift = _smallest_format(w.data)
             bias = 4 * w.shape[0]
             stored += smallest + bias
             extra = w.size - smallest
-            if extra > 0:
+            listed = (op.name == "CONV_2D" and w.shape[1:3] == (1, 1) and shift is not None and shift >= 2
+                      and np.mean(w.data == 0) >= _LISTED_DENSE_BELOW)
+            if extra > 0 and not listed:
                 pixels = int(np.prod(t[op.outputs[0]].shape[1:-1], dtype=np.int64)) or 1
                 candidates.append((int(np.count_nonzero(w.data)) * pixels / extra, extra, op.index))
         elif op.name == "DEPTHWISE_CONV_2D":

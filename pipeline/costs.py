@@ -223,6 +223,50 @@ def arena_plan(graph: ResourceGraph, order: Sequence[str] | None = None,
     if order is None:
         order = best_schedule(graph)[1]
     root = _alias_roots(graph)
+    buffers = _buffers(graph, order)
+    peak = max(sum(b.size for b in buffers if b.start <= step <= b.stop) for step in range(-1, len(order) + 1))
+    arena, offsets = _place(buffers, peak, max_nodes)
+    return arena, {t: offsets[root[t]] for t in graph.tensor_bytes if root[t] in offsets}
+
+
+def scratch_spans(graph: ResourceGraph, order: Sequence[str], offsets: dict[str, int], arena: int,
+                  align: int = 4) -> dict[str, tuple[int, int]]:
+    """The largest free part of the arena while each operator runs: room for a kernel's scratch.
+
+    Scratch placed there overlaps no tensor alive at that step (the
+    operator's own inputs and output included), so it adds nothing to the
+    arena or to WM.
+
+    Args:
+        graph: the resource graph the arena was planned for.
+        order: operator names in execution order, as given to :func:`arena_plan`.
+        offsets: tensor offsets from :func:`arena_plan`.
+        arena: arena bytes from :func:`arena_plan`.
+        align: alignment of the span's start; its size is rounded down to a multiple of it.
+
+    Returns:
+        Operator name -> (offset, bytes) of its largest aligned free span (bytes may be 0).
+    """
+    buffers = _buffers(graph, order)
+    start = {b.name: offsets[b.name] for b in buffers if b.name in offsets}
+    spans = {}
+    for step, name in enumerate(order):
+        used = sorted((start[b.name], start[b.name] + b.size) for b in buffers
+                      if b.start <= step <= b.stop and b.name in start)
+        best, cursor = (0, 0), 0
+        for lo, hi in used + [(arena, arena)]:
+            first = -(-cursor // align) * align
+            size = (lo - first) // align * align
+            if size > best[1]:
+                best = (first, size)
+            cursor = max(cursor, hi)
+        spans[name] = best
+    return spans
+
+
+def _buffers(graph: ResourceGraph, order: Sequence[str]) -> list[_Buffer]:
+    """Each tensor's buffer (reshapes share their input's) with the steps it is alive over ``order``."""
+    root = _alias_roots(graph)
     ops = {op.name: op for op in graph.ops}
     first = {root[t]: -1 for t in graph.inputs}
     last: dict[str, int] = {}
@@ -232,10 +276,7 @@ def arena_plan(graph: ResourceGraph, order: Sequence[str] | None = None,
         first.setdefault(root[ops[name].output], step)
     for t in graph.outputs:
         last[root[t]] = len(order)
-    buffers = [_Buffer(t, graph.tensor_bytes[t], first[t], last.get(t, first[t])) for t in first]
-    peak = max(sum(b.size for b in buffers if b.start <= step <= b.stop) for step in range(-1, len(order) + 1))
-    arena, offsets = _place(buffers, peak, max_nodes)
-    return arena, {t: offsets[root[t]] for t in graph.tensor_bytes if root[t] in offsets}
+    return [_Buffer(t, graph.tensor_bytes[t], first[t], last.get(t, first[t])) for t in first]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,7 +1,11 @@
 """The AOT engine's fast kernels compute exactly what its portable reference kernels and host
-TFLite Micro compute, on shapes chosen to reach every path: padding, stride, dilation, depth
-multipliers, odd channel counts, kernels wider than tall, and block-sparse rows with whole
-filters pruned; on both cores (the M4's DSP path and the M0's plain C), run in QEMU.
+TFLite Micro compute, on both cores (the M4's DSP path and the M0's plain C), run in QEMU.
+
+Two kinds of model: three designed to reach every path (padding, stride, dilation, depth
+multipliers, odd channel counts, kernels wider than tall, block-sparse rows with whole filters
+pruned, blocks of 16 listed and blocks straddling runs), and random ones drawn from seeded
+generators (shapes, strides, dilations, padding, depth multipliers, channel counts, pooling,
+sparsity and block sizes per layer), so that combinations nobody designed are tried as well.
 """
 from __future__ import annotations
 
@@ -24,16 +28,89 @@ LAYERS = {
                         ("conv", dict(filters=6, kernel_size=(2, 3), strides=(2, 1)), 0.0),
                         ("depthwise", dict(kernel_size=(3, 2), depth_multiplier=1, dilation_rate=(1, 2),
                                            padding="same"), 0.0)],
-    # blocks of 16 that divide each run (3 x 16 inputs): the aligned interior and border walks;
-    # depth multiplier 1 over 6 channels: four lanes and a remainder of two
-    # the first layer's rows (5 x 5 x 2) are not a whole number of blocks per run: the general walk
-    "blocks_of_16": [("conv", dict(filters=16, kernel_size=5, padding="same"), 0.7),
-                     ("conv", dict(filters=10, kernel_size=3, padding="same"), 0.8),
+    # blocks of 16 that divide each run (3 x 16 inputs): the listed interior and border walks, with
+    # room in the arena for the list (the first layer is the peak); depth multiplier 1 over 6
+    # channels: four lanes and a remainder of two; the first layer's rows (5 x 5 x 2) are not a
+    # whole number of blocks per run: the general walk
+    "blocks_of_16": [("conv", dict(filters=16, kernel_size=5, strides=2, padding="same"), 0.7),
+                     ("conv", dict(filters=10, kernel_size=3, strides=2, padding="same"), 0.8),
                      ("conv", dict(filters=6, kernel_size=1), 0.5),
                      ("depthwise", dict(kernel_size=3, depth_multiplier=1, padding="same"), 0.0)],
 }
-INPUTS = {"padded": (9, 7, 3), "strided_dilated": (13, 12, 5), "blocks_of_16": (8, 8, 2)}
+INPUTS = {"padded": (9, 7, 3), "strided_dilated": (13, 12, 5), "blocks_of_16": (16, 16, 2)}
 BLOCK = {"padded": 4, "strided_dilated": 4, "blocks_of_16": 16}
+RANDOM_SEEDS = range(8)
+_CONV_PARAMS = re.compile(r"aot_conv_params op\d+ = \{([-\d, ]+), [-\d]+, [-\d]+, [-\d]+, [-\d]+, "
+                          r"op\d+_multiplier, .*?\{op\d+_values, (\w+), (\d+), (\d)\}\};")
+_CONV_CALLS = re.compile(r"AOT_CONV2D\((op\d+), [^,]+, [^,]+, [^,]+, (\d+)\)")
+
+
+def _random_case(seed: int) -> tuple[tuple[int, int, int], list[tuple[str, dict, float, int]]]:
+    """A random input shape and 3-5 layers (kind, Keras options, sparsity, block) that fit it."""
+    rng = np.random.default_rng(1000 + seed)
+    shape = (int(rng.integers(5, 15)), int(rng.integers(5, 15)), int(rng.integers(1, 7)))
+    h, w, c = shape
+    layers = []
+    for _ in range(int(rng.integers(3, 6))):
+        kind = str(rng.choice(["conv", "conv", "depthwise", "pool"]))
+        kernel = tuple(int(k) for k in rng.integers(1, 6 if kind != "pool" else 4, 2))
+        dilated = kind != "pool" and rng.random() < 0.3  # Keras: dilation only with stride 1
+        dilation = tuple(int(d) for d in rng.integers(1, 4, 2)) if dilated else (1, 1)
+        strides = (1, 1) if dilated else tuple(int(s) for s in rng.integers(1, 3, 2))
+        span = [(k - 1) * d + 1 for k, d in zip(kernel, dilation)]
+        padding = str(rng.choice(["same", "valid"])) if span[0] <= h and span[1] <= w else "same"
+        out = [(n - (s if padding == "valid" else 1)) // t + 1
+               for n, s, t in zip((h, w), span, strides)]
+        if min(out) < 1:
+            continue
+        if kind == "pool":
+            options = dict(pool_size=kernel, strides=strides, padding=padding)
+        else:
+            options = dict(kernel_size=kernel, strides=strides, dilation_rate=dilation, padding=padding)
+        if kind == "conv":
+            options["filters"] = int(rng.integers(1, 20))
+        elif kind == "depthwise":
+            options["depth_multiplier"] = int(rng.choice([1, 1, 2, 3]))
+        sparsity = float(rng.choice([0.0, 0.6, 0.75, 0.9])) if kind == "conv" else 0.0
+        layers.append((kind, options, sparsity, int(rng.choice([1, 2, 4, 8, 16]))))
+        h, w = out
+        c = options.get("filters", c * options.get("depth_multiplier", 1))
+    return shape, layers
+
+
+def _sparse_paths(source: str) -> list[str]:
+    """How the fast CONV_2D kernel runs each block-sparse layer of generated code (aot_conv_impl.h's
+    tests, on the layer's constants): rows expanded into scratch and run dense, blocks listed in
+    scratch once per row (as window offsets, or as starts in a contiguous window), or the bitmap
+    walked."""
+    scratch = dict(_CONV_CALLS.findall(source))
+    paths = []
+    for match in _CONV_PARAMS.finditer(source):
+        ih, iw, ic, oh, ow, oc, kh, kw, sh, sw, dh, dw, ph, pw, _ = (int(v) for v in match[1].split(", "))
+        bitmap, k, shift = match[2], int(match[3]), int(match[4])
+        name = match[0].split(" = ")[0].split()[-1]
+        room = int(scratch[name])
+        if bitmap == "0":
+            continue
+        run_len, runs = (kw * ic, kh) if dw == 1 else (ic, kh * kw)
+        blocks = run_len * runs >> shift
+        contiguous = (kh == kw == 1 and ph == pw == 0) or (
+            oh == ow == 1 and (ih, iw) == (kh, kw) and ph == pw == 0 and dh == dw == 1)
+        if contiguous and shift >= 2 and 2 * (k >> shift) <= room:
+            paths.append("listed contiguous")
+        elif 2 * k <= room and oh * ow >= 4 and shift < 3:
+            paths.append("expanded")
+        elif run_len % (1 << shift) == 0 and not contiguous and 6 * blocks <= room and run_len < 256:
+            paths.append("listed")
+        else:
+            paths.append("walked")
+    return paths
+
+
+def _case(name: str) -> tuple[tuple[int, int, int], list[tuple[str, dict, float, int]]]:
+    if name.startswith("random"):
+        return _random_case(int(name.removeprefix("random")))
+    return INPUTS[name], [(kind, options, sparsity, BLOCK[name]) for kind, options, sparsity in LAYERS[name]]
 
 
 def _prune_blocks(kernel: np.ndarray, sparsity: float, block: int, rng: np.random.Generator) -> np.ndarray:
@@ -49,26 +126,44 @@ def _prune_blocks(kernel: np.ndarray, sparsity: float, block: int, rng: np.rando
     return np.moveaxis(rows.reshape(kernel.shape[-1], *kernel.shape[:-1]), 0, -1)
 
 
-@pytest.fixture(scope="module", params=sorted(LAYERS))
+def _convert(name: str) -> tuple[bytes, tuple[int, int, int], np.random.Generator]:
+    model, shape, rng = _build(name)
+    return tflite_model.convert_int8(model, rng.normal(0, 1, (64, *shape)).astype(np.float32)), shape, rng
+
+
+def _build(name: str) -> tuple[keras.Model, tuple[int, int, int], np.random.Generator]:
+    """The case's float model, its layers' kernels block-pruned, with random biases."""
+    shape, layers = _case(name)
+    rng = np.random.default_rng(7)
+    keras.utils.set_random_seed(7)
+    x = inputs = keras.layers.Input(shape)
+    for kind, options, _, _ in layers:
+        if kind == "pool":
+            x = keras.layers.MaxPooling2D(**options)(x)
+        else:
+            layer = keras.layers.Conv2D if kind == "conv" else keras.layers.DepthwiseConv2D
+            x = layer(activation="relu", **options)(x)
+    # random cases end in global pooling, so their convolutions dominate MS and the generator
+    # keeps the pruned ones sparse rather than spending the flash allowance on storing them dense
+    head = keras.layers.GlobalAveragePooling2D() if name.startswith("random") else keras.layers.Flatten()
+    model = keras.Model(inputs, keras.layers.Dense(4)(head(x)))
+    convs = [layer for layer in model.layers
+             if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D))][:len(layers)]
+    for layer, (_, _, sparsity, block) in zip(convs, [spec for spec in layers if spec[0] != "pool"]):
+        kernel, *rest = layer.get_weights()
+        layer.set_weights([_prune_blocks(kernel, sparsity, block, rng),
+                           *[rng.normal(0, 0.1, r.shape) for r in rest]])
+    return model, shape, rng
+
+
+@pytest.fixture(scope="module", params=sorted(LAYERS) + [f"random{seed}" for seed in RANDOM_SEEDS])
 def kernel_model(request, tmp_path_factory):
     """An int8 model of the case's layers with pruned kernels, and test inputs beside it."""
-    name, rng = request.param, np.random.default_rng(7)
-    keras.utils.set_random_seed(7)
-    x = inputs = keras.layers.Input(INPUTS[name])
-    for kind, options, _ in LAYERS[name]:
-        layer = keras.layers.Conv2D if kind == "conv" else keras.layers.DepthwiseConv2D
-        x = layer(activation="relu", **options)(x)
-    model = keras.Model(inputs, keras.layers.Dense(4)(keras.layers.Flatten()(x)))
-    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
-    for layer, (_, _, sparsity) in zip(convs, LAYERS[name]):
-        kernel, *rest = layer.get_weights()
-        layer.set_weights([_prune_blocks(kernel, sparsity, BLOCK[name], rng),
-                           *[rng.normal(0, 0.1, r.shape) for r in rest]])
-    calibration = rng.normal(0, 1, (64, *INPUTS[name])).astype(np.float32)
-    flatbuffer = tflite_model.convert_int8(model, calibration)
+    name = request.param
+    flatbuffer, shape, rng = _convert(name)
     folder = tmp_path_factory.mktemp(name)
     (folder / "model_int8.tflite").write_bytes(flatbuffer)
-    np.savez(folder / "test_samples.npz", x_int8=rng.integers(-128, 128, (6, *INPUTS[name]), dtype=np.int8),
+    np.savez(folder / "test_samples.npz", x_int8=rng.integers(-128, 128, (6, *shape), dtype=np.int8),
              y=np.zeros(6, np.int64))
     return folder / "model_int8.tflite"
 
@@ -76,12 +171,30 @@ def kernel_model(request, tmp_path_factory):
 @pytest.mark.parametrize("board", ["qemu-stm32f4", "qemu-microbit"])
 def test_fast_kernels_equal_the_reference_kernels_and_host_tflm(kernel_model, board, tmp_path):
     generated = aot.generate(kernel_model.read_bytes())
-    shifts = {int(v) for v in re.findall(r"_bitmap, \d+, (\d)\}", generated.source)}  # sparse rows' block sizes
-    assert "AOT_CONV2D(" in generated.source and shifts, "no block-sparse layer to test"
-    if kernel_model.parent.name.startswith("blocks_of_16"):
-        assert {3, 4} <= shifts  # blocks of 16 (the listed blocks) and of 8 across runs (the general walk)
+    designed = not kernel_model.parent.name.startswith("random")
     fast = run_device(kernel_model, board, "aot", tmp_path / "fast")
     reference = run_device(kernel_model, board, "aot", tmp_path / "reference", aot_kernels="reference")
     assert fast["outputs_match"] == reference["outputs_match"] == 1.0  # both equal host TFLM, bit for bit
-    assert fast["latency_instructions"] < reference["latency_instructions"]
+    if designed:
+        assert fast["latency_instructions"] < reference["latency_instructions"]
     assert len(fast["operators"]) == len(generated.operators) and all(o["latency"] > 0 for o in fast["operators"])
+
+
+def test_the_kernel_models_reach_every_sparse_path_block_size_and_layer_kind():
+    """What the QEMU test above runs through: every way a block-sparse row is computed, with
+    every block size, and random layers of every kind and option."""
+    shifts, paths, options = set(), set(), set()
+    for name in sorted(LAYERS) + [f"random{seed}" for seed in RANDOM_SEEDS]:
+        source = aot.generate(_convert(name)[0]).source
+        shifts |= {int(v) for v in re.findall(r"_bitmap, \d+, (\d)\}", source)}
+        paths |= set(_sparse_paths(source))
+        if name.startswith("random"):
+            for kind, o, sparsity, _ in _case(name)[1]:
+                options |= {kind, o["padding"], f"sparse {kind}" if sparsity else kind,
+                            "strided" if max(o["strides"]) > 1 else "", "dilated" if max(o.get("dilation_rate", (1,))) > 1 else "",
+                            "multiplier" if o.get("depth_multiplier", 1) > 1 else "",
+                            "odd channels" if o.get("filters", 2) % 2 else ""}
+    assert shifts == {0, 1, 2, 3, 4}
+    assert paths == {"expanded", "listed", "listed contiguous", "walked"}
+    assert {"conv", "sparse conv", "depthwise", "pool", "same", "valid", "strided", "dilated", "multiplier",
+            "odd channels"} <= options

@@ -12,7 +12,10 @@
  *   bias with the offset applied to what they read, so the padding costs nothing.
  * - Dense rows run two output channels per pass. A block-sparse row lists its stored blocks
  *   once (or is walked block by block), so a pruned block costs nothing; short rows of small
- *   blocks are expanded into a stack buffer and run as dense.
+ *   blocks are expanded and run as dense.
+ * - Both of those use scratch: bytes of the arena that no tensor occupies while the layer runs,
+ *   found by the generator (pipeline/aot.py) and passed with their size. A layer with too
+ *   little scratch walks its bitmap instead, so scratch never adds to the arena or to WM.
  */
 #ifndef AOT_CONV_IMPL_H_
 #define AOT_CONV_IMPL_H_
@@ -28,6 +31,8 @@ typedef struct {
   int32_t run_len;      /* kernel_w * in_c undilated, else in_c */
   int32_t runs_per_row; /* 1 undilated, else kernel_w */
   int32_t runs;         /* runs_per_row * kernel_h */
+  int8_t* scratch;      /* free arena bytes while this layer runs (4-byte aligned), or NULL */
+  int32_t scratch_bytes;
 } patch_shape;
 
 /* Run `r` of the window at (y0, x0): where it starts in the input (as an offset, possibly outside)
@@ -257,6 +262,8 @@ static inline __attribute__((always_inline)) void conv_two_rows(const patch_shap
   const int any_border = box->oy_lo > 0 || box->oy_hi < p->out_h - 1 || box->ox_lo > 0 || box->ox_hi < p->out_w - 1;
   const int32_t border0 = any_border ? bias0 - p->input_offset * sum_s8(rows, k, 0) : 0;
   const int32_t border1 = any_border ? bias1 - p->input_offset * sum_s8(rows + k, k, 0) : 0;
+  const requant_t q0 = requant_of(p->multiplier[oc], p->shift[oc]);
+  const requant_t q1 = requant_of(p->multiplier[oc + 1], p->shift[oc + 1]);
   int8_t* out = output + oc;
   for (int oy = 0; oy < p->out_h; ++oy) {
     const int y0 = oy * p->stride_h - p->pad_h;
@@ -273,10 +280,8 @@ static inline __attribute__((always_inline)) void conv_two_rows(const patch_shap
         acc1 = border1;
         dense_border2(s, rows, k, input, y0, x0, &acc0, &acc1);
       }
-      acc0 = requantize(acc0, p->multiplier[oc], p->shift[oc]) + p->output_offset;
-      acc1 = requantize(acc1, p->multiplier[oc + 1], p->shift[oc + 1]) + p->output_offset;
-      out[0] = (int8_t)(acc0 < p->act_min ? p->act_min : acc0 > p->act_max ? p->act_max : acc0);
-      out[1] = (int8_t)(acc1 < p->act_min ? p->act_min : acc1 > p->act_max ? p->act_max : acc1);
+      out[0] = clamp_s8(requant_apply(&q0, acc0) + p->output_offset, p->act_min, p->act_max);
+      out[1] = clamp_s8(requant_apply(&q1, acc1) + p->output_offset, p->act_min, p->act_max);
     }
   }
 }
@@ -291,10 +296,11 @@ static inline __attribute__((always_inline)) void conv_one_row(const patch_shape
   const int any_border = box->oy_lo > 0 || box->oy_hi < p->out_h - 1 || box->ox_lo > 0 || box->ox_hi < p->out_w - 1;
   const int32_t border_bias = any_border ? bias - p->input_offset * sum_s8(values, (int32_t)(end - values), 0) : 0;
   const int aligned = s->run_len % (1 << p->weights.block_shift) == 0;
+  const requant_t q = requant_of(p->multiplier[oc], p->shift[oc]);
   int8_t* out = output + oc;
   if (bits && values == end) { /* a pruned-away filter: a constant */
-    const int32_t v = requantize(bias, p->multiplier[oc], p->shift[oc]) + p->output_offset;
-    const int8_t constant = (int8_t)(v < p->act_min ? p->act_min : v > p->act_max ? p->act_max : v);
+    const int8_t constant =
+        clamp_s8(requantize(bias, p->multiplier[oc], p->shift[oc]) + p->output_offset, p->act_min, p->act_max);
     for (int i = 0; i < p->out_h * p->out_w; ++i, out += p->out_c) *out = constant;
     return;
   }
@@ -302,10 +308,12 @@ static inline __attribute__((always_inline)) void conv_one_row(const patch_shape
    * per row (the bitmap then is not read again per output). */
   const int32_t block = 1 << p->weights.block_shift;
   const int32_t blocks = bits && aligned ? k_blocks(s) : 0;
-  int32_t offsets[AOT_ROW_BUFFER_BYTES / 4];
-  uint8_t run_of[AOT_ROW_BUFFER_BYTES / 4], start_in_run[AOT_ROW_BUFFER_BYTES / 4];
+  /* the list in scratch: int32 offsets, then each block's run and start in its run (a byte each) */
+  int32_t* offsets = (int32_t*)(void*)s->scratch;
+  uint8_t* run_of = (uint8_t*)(s->scratch + 4 * blocks);
+  uint8_t* start_in_run = run_of + blocks;
   int32_t stored = 0;
-  if (bits && aligned && !contiguous && blocks <= AOT_ROW_BUFFER_BYTES / 4 && s->runs <= 255 && s->run_len < 256) {
+  if (bits && aligned && !contiguous && 6 * blocks <= s->scratch_bytes && s->runs <= 255 && s->run_len < 256) {
     const int32_t blocks_per_run = s->run_len / block;
     for (int32_t b = 0; b < blocks; ++b) {
       if (!((bits[b >> 3] >> (b & 7)) & 1)) continue;
@@ -357,14 +365,95 @@ static inline __attribute__((always_inline)) void conv_one_row(const patch_shape
       } else {
         acc = dense_border(s, values, input, y0, x0, border_bias);
       }
-      acc = requantize(acc, p->multiplier[oc], p->shift[oc]) + p->output_offset;
-      *out = (int8_t)(acc < p->act_min ? p->act_min : acc > p->act_max ? p->act_max : acc);
+      *out = clamp_s8(requant_apply(&q, acc) + p->output_offset, p->act_min, p->act_max);
     }
   }
 }
 
+/* The input of output pixel i of a layer whose windows are contiguous (see `contiguous` below). */
+static inline __attribute__((always_inline)) const int8_t* pixel_input(const aot_conv_params* p, const int8_t* input,
+                                                                       int32_t i) {
+  if (p->stride_h == 1 && p->stride_w == 1) return input + i * p->in_c;
+  const int32_t oy = i / p->out_w, ox = i - oy * p->out_w;
+  return input + (oy * p->stride_h * p->in_w + ox * p->stride_w) * p->in_c;
+}
+
+/* Output channel oc of a layer whose windows are contiguous, from a block-sparse row of blocks of
+ * four or more: the stored blocks listed once in scratch (where each starts in the window, an
+ * int16 each), then two output pixels per pass, each weight loaded once for both. */
+static inline __attribute__((always_inline)) void conv_contiguous_listed(const patch_shape* s, const int8_t* values,
+                                                                         const uint8_t* bits, int oc,
+                                                                         const int8_t* input, int8_t* output) {
+  const aot_conv_params* p = s->p;
+  const int32_t block = 1 << p->weights.block_shift;
+  const int32_t k = p->weights.row_len;
+  const int32_t full = k >> p->weights.block_shift; /* blocks of the full size; a shorter last one */
+  const int32_t tail = k - full * block;
+  int16_t* first = (int16_t*)(void*)s->scratch;
+  int32_t stored = 0;
+  for (int32_t b = 0; b < full; ++b) {
+    if ((bits[b >> 3] >> (b & 7)) & 1) first[stored++] = (int16_t)(b * block);
+  }
+  const int tail_stored = tail > 0 && ((bits[full >> 3] >> (full & 7)) & 1);
+  const int8_t* tail_w = values + stored * block;
+  const int32_t bias = p->bias ? p->bias[oc] : 0;
+  const requant_t q = requant_of(p->multiplier[oc], p->shift[oc]);
+  const int32_t pixels = p->out_h * p->out_w;
+  int8_t* out = output + oc;
+  int32_t i = 0;
+  for (; i + 1 < pixels; i += 2, out += 2 * p->out_c) {
+    const int8_t* x0 = pixel_input(p, input, i);
+    const int8_t* x1 = pixel_input(p, input, i + 1);
+    int32_t a0 = bias, a1 = bias;
+    const int8_t* w = values;
+    for (int32_t j = 0; j < stored; ++j, w += block) dot_s8_x2(w, x0 + first[j], x1 + first[j], block, &a0, &a1);
+    if (tail_stored) dot_s8_x2(tail_w, x0 + full * block, x1 + full * block, tail, &a0, &a1);
+    out[0] = clamp_s8(requant_apply(&q, a0) + p->output_offset, p->act_min, p->act_max);
+    out[p->out_c] = clamp_s8(requant_apply(&q, a1) + p->output_offset, p->act_min, p->act_max);
+  }
+  if (i < pixels) {
+    const int8_t* x = pixel_input(p, input, i);
+    int32_t a = bias;
+    const int8_t* w = values;
+    for (int32_t j = 0; j < stored; ++j, w += block) a = dot_s8(w, x + first[j], block, a);
+    if (tail_stored) a = dot_s8(tail_w, x + full * block, tail, a);
+    out[0] = clamp_s8(requant_apply(&q, a) + p->output_offset, p->act_min, p->act_max);
+  }
+}
+
+/* Output channels oc and oc + 1 of a layer whose windows are contiguous, from two dense rows
+ * starting at `rows`: two output pixels per pass, so each weight and each input is loaded once
+ * for two products. */
+static inline __attribute__((always_inline)) void conv_contiguous_dense2(const patch_shape* s, const int8_t* rows,
+                                                                         int oc, const int8_t* input,
+                                                                         int8_t* output) {
+  const aot_conv_params* p = s->p;
+  const int32_t k = p->weights.row_len;
+  const int32_t bias0 = p->bias ? p->bias[oc] : 0, bias1 = p->bias ? p->bias[oc + 1] : 0;
+  const requant_t q0 = requant_of(p->multiplier[oc], p->shift[oc]);
+  const requant_t q1 = requant_of(p->multiplier[oc + 1], p->shift[oc + 1]);
+  const int32_t pixels = p->out_h * p->out_w;
+  int8_t* out = output + oc;
+  int32_t i = 0;
+  for (; i + 1 < pixels; i += 2, out += 2 * p->out_c) {
+    int32_t a[4] = {bias0, bias1, bias0, bias1};
+    dot_s8_2x2(rows, rows + k, pixel_input(p, input, i), pixel_input(p, input, i + 1), k, a);
+    out[0] = clamp_s8(requant_apply(&q0, a[0]) + p->output_offset, p->act_min, p->act_max);
+    out[1] = clamp_s8(requant_apply(&q1, a[1]) + p->output_offset, p->act_min, p->act_max);
+    out[p->out_c] = clamp_s8(requant_apply(&q0, a[2]) + p->output_offset, p->act_min, p->act_max);
+    out[p->out_c + 1] = clamp_s8(requant_apply(&q1, a[3]) + p->output_offset, p->act_min, p->act_max);
+  }
+  if (i < pixels) {
+    int32_t a0 = bias0, a1 = bias1;
+    dot2_s8(rows, rows + k, pixel_input(p, input, i), k, &a0, &a1);
+    out[0] = clamp_s8(requant_apply(&q0, a0) + p->output_offset, p->act_min, p->act_max);
+    out[1] = clamp_s8(requant_apply(&q1, a1) + p->output_offset, p->act_min, p->act_max);
+  }
+}
+
 static inline __attribute__((always_inline)) void aot_conv2d_inline(const aot_conv_params* p,
-                                                                    const int8_t* input, int8_t* output) {
+                                                                    const int8_t* input, int8_t* output,
+                                                                    int8_t* scratch, int32_t scratch_bytes) {
   const aot_weights* weights = &p->weights;
   const int32_t k = weights->row_len;
   patch_shape s;
@@ -372,6 +461,8 @@ static inline __attribute__((always_inline)) void aot_conv2d_inline(const aot_co
   s.run_len = p->dilation_w == 1 ? p->kernel_w * p->in_c : p->in_c;
   s.runs_per_row = p->dilation_w == 1 ? 1 : p->kernel_w;
   s.runs = s.runs_per_row * p->kernel_h;
+  s.scratch = scratch;
+  s.scratch_bytes = scratch ? scratch_bytes : 0;
   interior_box box;
   interior(p->out_h, p->in_h, p->kernel_h, p->stride_h, p->dilation_h, p->pad_h, &box.oy_lo, &box.oy_hi);
   interior(p->out_w, p->in_w, p->kernel_w, p->stride_w, p->dilation_w, p->pad_w, &box.ox_lo, &box.ox_hi);
@@ -384,23 +475,46 @@ static inline __attribute__((always_inline)) void aot_conv2d_inline(const aot_co
   const uint8_t* bits = weights->bitmap;
   int oc = 0;
   if (!bits) { /* dense rows: two output channels per pass, sharing every input load */
-    for (; oc + 1 < p->out_c; oc += 2, values += 2 * k) conv_two_rows(&s, &box, values, oc, input, output);
+    for (; oc + 1 < p->out_c; oc += 2, values += 2 * k) {
+      if (contiguous && p->out_h * p->out_w > 1) {
+        conv_contiguous_dense2(&s, values, oc, input, output);
+      } else {
+        conv_two_rows(&s, &box, values, oc, input, output);
+      }
+    }
     if (oc < p->out_c) conv_one_row(&s, &box, values, values + k, 0, contiguous, oc, input, output);
     return;
   }
   const int32_t bitmap_row = ((((k - 1) >> weights->block_shift) + 1) + 7) / 8;
+  /* Contiguous windows and blocks of four or more: the stored blocks listed per row. */
+  if (contiguous && weights->block_shift >= 2 && 2 * (k >> weights->block_shift) <= s.scratch_bytes) {
+    for (; oc < p->out_c; ++oc, bits += bitmap_row) {
+      const int8_t* end = aot_row_end(weights, values, bits);
+      if (end == values) {
+        conv_one_row(&s, &box, values, end, bits, contiguous, oc, input, output); /* a constant */
+      } else {
+        conv_contiguous_listed(&s, values, bits, oc, input, output);
+      }
+      values = end;
+    }
+    return;
+  }
   /* Short rows of small blocks (under 8 weights, where a block test costs about what it saves):
    * expanded, zeros included, and run through the dense paths. Rows of 8- and 16-weight blocks,
    * as the search prunes them, are walked block by block, so a pruned block costs no time. */
-  if (k <= AOT_ROW_BUFFER_BYTES && p->out_h * p->out_w >= 4 && weights->block_shift < 3) {
-    int8_t rows[2 * AOT_ROW_BUFFER_BYTES] __attribute__((aligned(4)));
+  if (2 * k <= s.scratch_bytes && p->out_h * p->out_w >= 4 && weights->block_shift < 3) {
+    int8_t* rows = s.scratch;
     for (; oc + 1 < p->out_c; oc += 2) {
       expand_row(weights, values, bits, rows);
       values = aot_row_end(weights, values, bits);
       expand_row(weights, values, bits + bitmap_row, rows + k);
       values = aot_row_end(weights, values, bits + bitmap_row);
       bits += 2 * bitmap_row;
-      conv_two_rows(&s, &box, rows, oc, input, output);
+      if (contiguous && p->out_h * p->out_w > 1) {
+        conv_contiguous_dense2(&s, rows, oc, input, output);
+      } else {
+        conv_two_rows(&s, &box, rows, oc, input, output);
+      }
     }
     if (oc < p->out_c) {
       expand_row(weights, values, bits, rows);

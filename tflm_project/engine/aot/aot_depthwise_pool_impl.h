@@ -8,92 +8,111 @@
 #include "aot_kernels.h"
 #include "aot_simd.h"
 
-/* Four channels of one tap: a[i] += w[i] * x[i]. */
-static inline __attribute__((always_inline)) void mac4(const int8_t* w, const int8_t* x, int32_t* a0, int32_t* a1,
-                                                       int32_t* a2, int32_t* a3) {
+/* Up to four channels of one tap: a[i] += w[i] * (x[i] + offset). `lanes` is a constant where
+ * this is inlined; with four lanes, on the M4, two SXTB16s unpack each word and SMLABB/SMLATT
+ * multiply (the offset, when not zero, added to the unpacked input pairs with one SADD16 each). */
+static inline __attribute__((always_inline)) void tap4(const int8_t* w, const int8_t* x, int lanes, int32_t offset,
+                                                       int32_t* a) {
 #if defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
-  uint32_t xv, wv;
-  memcpy(&xv, x, 4);
-  memcpy(&wv, w, 4);
-  const uint32_t x02 = __sxtb16(xv), x13 = __sxtb16(ror8(xv));
-  const uint32_t w02 = __sxtb16(wv), w13 = __sxtb16(ror8(wv));
-  *a0 = __smlabb(w02, x02, *a0);
-  *a2 = __smlatt(w02, x02, *a2);
-  *a1 = __smlabb(w13, x13, *a1);
-  *a3 = __smlatt(w13, x13, *a3);
-#else
-  *a0 += (int32_t)w[0] * x[0];
-  *a1 += (int32_t)w[1] * x[1];
-  *a2 += (int32_t)w[2] * x[2];
-  *a3 += (int32_t)w[3] * x[3];
+  if (lanes == 4) {
+    uint32_t xv, wv;
+    memcpy(&xv, x, 4);
+    memcpy(&wv, w, 4);
+    uint32_t x02 = __sxtb16(xv), x13 = sxtb16_odd(xv);
+    if (offset != 0) {
+      const uint32_t offsets = ((uint32_t)offset & 0xffffu) | ((uint32_t)offset << 16);
+      x02 = __sadd16(x02, offsets);
+      x13 = __sadd16(x13, offsets);
+    }
+    const uint32_t w02 = __sxtb16(wv), w13 = sxtb16_odd(wv);
+    a[0] = __smlabb(w02, x02, a[0]);
+    a[2] = __smlatt(w02, x02, a[2]);
+    a[1] = __smlabb(w13, x13, a[1]);
+    a[3] = __smlatt(w13, x13, a[3]);
+    return;
+  }
 #endif
+#pragma GCC unroll 4
+  for (int i = 0; i < lanes; ++i) a[i] += (int32_t)w[i] * ((int32_t)x[i] + offset);
 }
 
-/* Depth multiplier 1: four channels at a time, their sums kept in registers over the taps.
- * Interior outputs read their window with no tests; at the border a tap over the padding
- * reads a row of zero points instead of the input (the bias being folded). */
-static inline __attribute__((always_inline)) void depthwise_by_four(const aot_conv_params* p, const int8_t* input,
-                                                                    int8_t* output, const int8_t* zero_points) {
-  const int8_t* weights = p->weights.values; /* [kh][kw][c] */
+/* Channels c .. c + lanes - 1 of a depthwise layer with depth multiplier 1, over every output.
+ * The group's biases, multipliers and shifts are read once. Interior outputs read their window
+ * with no tests, from the folded bias; a border output clips its tap ranges to the input once
+ * and reads only the taps inside, from the unfolded bias with the offset added to what it reads,
+ * so a tap over the padding costs nothing. */
+static inline __attribute__((always_inline)) void depthwise_group(const aot_conv_params* p, const int8_t* input,
+                                                                  int8_t* output, int c, int lanes, int oy_lo,
+                                                                  int oy_hi, int ox_lo, int ox_hi) {
   const int channels = p->out_c;
-  const int groups = channels / 4;
-  int oy_lo, oy_hi, ox_lo, ox_hi;
-  interior(p->out_h, p->in_h, p->kernel_h, p->stride_h, p->dilation_h, p->pad_h, &oy_lo, &oy_hi);
-  interior(p->out_w, p->in_w, p->kernel_w, p->stride_w, p->dilation_w, p->pad_w, &ox_lo, &ox_hi);
+  const int8_t* weights = p->weights.values + c; /* [kh][kw][c] */
+  int32_t folded[4] = {0, 0, 0, 0}, unfolded[4];
+  requant_t q[4];
+#pragma GCC unroll 4
+  for (int i = 0; i < lanes; ++i) {
+    int32_t sum = 0;
+    for (int t = 0; t < p->kernel_h * p->kernel_w; ++t) sum += weights[t * channels + i];
+    folded[i] = p->bias ? p->bias[c + i] : 0;
+    unfolded[i] = folded[i] - p->input_offset * sum;
+    q[i] = requant_of(p->multiplier[c + i], p->shift[c + i]);
+  }
   const int32_t tap_step = p->dilation_w * channels;
   const int32_t row_step = p->dilation_h * p->in_w * channels;
   for (int oy = 0; oy < p->out_h; ++oy) {
     const int y0 = oy * p->stride_h - p->pad_h;
-    for (int ox = 0; ox < p->out_w; ++ox) {
+    /* the kernel rows inside the input: ky in [ky_lo, ky_hi) */
+    const int ky_lo = y0 >= 0 ? 0 : (-y0 + p->dilation_h - 1) / p->dilation_h;
+    const int rows_left = (p->in_h - y0 + p->dilation_h - 1) / p->dilation_h;
+    const int ky_hi = rows_left < p->kernel_h ? rows_left : p->kernel_h;
+    const int inside_y = oy >= oy_lo && oy <= oy_hi;
+    int8_t* out = output + oy * p->out_w * channels + c;
+    for (int ox = 0; ox < p->out_w; ++ox, out += channels) {
       const int x0 = ox * p->stride_w - p->pad_w;
-      const int inside = oy >= oy_lo && oy <= oy_hi && ox >= ox_lo && ox <= ox_hi;
-      int8_t* out = output + (oy * p->out_w + ox) * channels;
-      for (int c = 0; c < channels; c += 4) {
-        int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-        const int8_t* w = weights + c;
-        if (inside && c / 4 < groups) {
-          const int8_t* in_row = input + (y0 * p->in_w + x0) * channels + c;
-          for (int ky = 0; ky < p->kernel_h; ++ky, in_row += row_step) {
-            const int8_t* in = in_row;
-            for (int kx = 0; kx < p->kernel_w; ++kx, in += tap_step, w += channels) mac4(w, in, &a0, &a1, &a2, &a3);
-          }
-        } else {
-          const int lanes = channels - c < 4 ? channels - c : 4;
-          for (int ky = 0; ky < p->kernel_h; ++ky) {
-            const int y = y0 + p->dilation_h * ky;
-            const int row_inside = y >= 0 && y < p->in_h;
-            for (int kx = 0; kx < p->kernel_w; ++kx, w += channels) {
-              const int x = x0 + p->dilation_w * kx;
-              const int8_t* in = row_inside && x >= 0 && x < p->in_w ? input + (y * p->in_w + x) * channels + c
-                                                                     : zero_points;
-              if (lanes == 4) {
-                mac4(w, in, &a0, &a1, &a2, &a3);
-              } else {
-                a0 += (int32_t)w[0] * in[0];
-                if (lanes > 1) a1 += (int32_t)w[1] * in[1];
-                if (lanes > 2) a2 += (int32_t)w[2] * in[2];
-              }
-            }
-          }
+      int32_t a[4];
+      if (inside_y && ox >= ox_lo && ox <= ox_hi) {
+        a[0] = folded[0], a[1] = folded[1], a[2] = folded[2], a[3] = folded[3];
+        const int8_t* in_row = input + (y0 * p->in_w + x0) * channels + c;
+        const int8_t* w = weights;
+        for (int ky = 0; ky < p->kernel_h; ++ky, in_row += row_step) {
+          const int8_t* in = in_row;
+#pragma GCC unroll 8
+          for (int kx = 0; kx < p->kernel_w; ++kx, in += tap_step, w += channels) tap4(w, in, lanes, 0, a);
         }
-        const int32_t sums[4] = {a0, a1, a2, a3};
-        for (int i = 0; i < 4 && c + i < channels; ++i) {
-          const int32_t acc = (p->bias ? p->bias[c + i] : 0) + sums[i];
-          const int32_t v = requantize(acc, p->multiplier[c + i], p->shift[c + i]) + p->output_offset;
-          out[c + i] = (int8_t)(v < p->act_min ? p->act_min : v > p->act_max ? p->act_max : v);
+      } else {
+        a[0] = unfolded[0], a[1] = unfolded[1], a[2] = unfolded[2], a[3] = unfolded[3];
+        const int kx_lo = x0 >= 0 ? 0 : (-x0 + p->dilation_w - 1) / p->dilation_w;
+        const int cols_left = (p->in_w - x0 + p->dilation_w - 1) / p->dilation_w;
+        const int kx_hi = cols_left < p->kernel_w ? cols_left : p->kernel_w;
+        for (int ky = ky_lo; ky < ky_hi; ++ky) {
+          const int8_t* in = input + ((y0 + p->dilation_h * ky) * p->in_w + x0 + p->dilation_w * kx_lo) * channels + c;
+          const int8_t* w = weights + (ky * p->kernel_w + kx_lo) * channels;
+          for (int kx = kx_lo; kx < kx_hi; ++kx, in += tap_step, w += channels) tap4(w, in, lanes, p->input_offset, a);
         }
       }
+#pragma GCC unroll 4
+      for (int i = 0; i < lanes; ++i) out[i] = clamp_s8(requant_apply(&q[i], a[i]) + p->output_offset, p->act_min, p->act_max);
     }
   }
+}
+
+/* Depth multiplier 1: channel groups of four outermost, a last group of one to three. */
+static inline __attribute__((always_inline)) void depthwise_by_four(const aot_conv_params* p, const int8_t* input,
+                                                                    int8_t* output) {
+  int oy_lo, oy_hi, ox_lo, ox_hi;
+  interior(p->out_h, p->in_h, p->kernel_h, p->stride_h, p->dilation_h, p->pad_h, &oy_lo, &oy_hi);
+  interior(p->out_w, p->in_w, p->kernel_w, p->stride_w, p->dilation_w, p->pad_w, &ox_lo, &ox_hi);
+  int c = 0;
+  for (; c + 4 <= p->out_c; c += 4) depthwise_group(p, input, output, c, 4, oy_lo, oy_hi, ox_lo, ox_hi);
+  if (p->out_c - c == 3) depthwise_group(p, input, output, c, 3, oy_lo, oy_hi, ox_lo, ox_hi);
+  if (p->out_c - c == 2) depthwise_group(p, input, output, c, 2, oy_lo, oy_hi, ox_lo, ox_hi);
+  if (p->out_c - c == 1) depthwise_group(p, input, output, c, 1, oy_lo, oy_hi, ox_lo, ox_hi);
 }
 
 static inline __attribute__((always_inline)) void aot_depthwise_conv2d_inline(const aot_conv_params* p,
                                                                               const int8_t* input,
                                                                               int8_t* output) {
-  if (p->depth_multiplier == 1 && p->out_c <= AOT_ROW_BUFFER_BYTES) {
-    int8_t zero_points[AOT_ROW_BUFFER_BYTES + 4] __attribute__((aligned(4)));
-    memset(zero_points, -p->input_offset, sizeof(zero_points));
-    depthwise_by_four(p, input, output, zero_points);
+  if (p->depth_multiplier == 1) {
+    depthwise_by_four(p, input, output);
     return;
   }
   const int8_t* weights = p->weights.values; /* [kh][kw][out_c] */
@@ -122,8 +141,8 @@ static inline __attribute__((always_inline)) void aot_depthwise_conv2d_inline(co
             }
           }
         }
-        acc = requantize(acc - p->input_offset * outside, p->multiplier[oc], p->shift[oc]) + p->output_offset;
-        out[oc] = (int8_t)(acc < p->act_min ? p->act_min : acc > p->act_max ? p->act_max : acc);
+        out[oc] = clamp_s8(requantize(acc - p->input_offset * outside, p->multiplier[oc], p->shift[oc]) + p->output_offset,
+                           p->act_min, p->act_max);
       }
     }
   }
@@ -149,8 +168,7 @@ static inline __attribute__((always_inline)) void aot_max_pool_inline(const aot_
         }
       }
       for (int c = 0; c < p->c; ++c) {
-        const int32_t v = out[c];
-        out[c] = (int8_t)(v < p->act_min ? p->act_min : v > p->act_max ? p->act_max : v);
+        out[c] = clamp_s8(out[c], p->act_min, p->act_max);
       }
     }
   }

@@ -8,11 +8,12 @@
 
 /* make AOT_KERNELS=reference: the portable references in the fast kernels' place (the oracle). */
 #ifdef AOT_REFERENCE_KERNELS
-#define AOT_CONV2D(params, input, output) aot_conv2d_reference(&(params), (input), (output))
+#define AOT_CONV2D(params, input, output, scratch, scratch_bytes) aot_conv2d_reference(&(params), (input), (output))
 #define AOT_DEPTHWISE_CONV2D(params, input, output) aot_depthwise_conv2d_reference(&(params), (input), (output))
 #define AOT_MAX_POOL(params, input, output) aot_max_pool_reference(&(params), (input), (output))
 #else
-#define AOT_CONV2D(params, input, output) aot_conv2d_inline(&(params), (input), (output))
+#define AOT_CONV2D(params, input, output, scratch, scratch_bytes) \
+  aot_conv2d_inline(&(params), (input), (output), (scratch), (scratch_bytes))
 #define AOT_DEPTHWISE_CONV2D(params, input, output) aot_depthwise_conv2d_inline(&(params), (input), (output))
 #define AOT_MAX_POOL(params, input, output) aot_max_pool_inline(&(params), (input), (output))
 #endif

@@ -10,6 +10,14 @@
 
 #if defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
 #include <arm_acle.h>
+
+/* Bytes 1 and 3 of v, sign-extended to halfwords: SXTB16 with its rotation, one instruction
+ * (GCC 12's arm_acle.h has no form with the rotation, and does not fuse a separate ROR). */
+static inline __attribute__((always_inline)) uint32_t sxtb16_odd(uint32_t v) {
+  uint32_t r;
+  __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(v));
+  return r;
+}
 #endif
 
 /* acc + sum of w[i] * x[i] for i < n. */
@@ -20,35 +28,61 @@ static inline int32_t dot_s8(const int8_t* w, const int8_t* x, int32_t n, int32_
     memcpy(&wv, w, 4); /* unaligned loads: one LDR each on the M4 */
     memcpy(&xv, x, 4);
     acc = __smlad(__sxtb16(wv), __sxtb16(xv), acc);
-    acc = __smlad(__sxtb16((wv >> 8) | (wv << 24)), __sxtb16((xv >> 8) | (xv << 24)), acc);
+    acc = __smlad(sxtb16_odd(wv), sxtb16_odd(xv), acc);
   }
 #endif
   for (; n > 0; --n) acc += (int32_t)(*w++) * (int32_t)(*x++);
   return acc;
 }
 
-#ifndef AOT_ROW_BUFFER_BYTES
-/* A block-sparse row of up to this many weights is expanded (zeros included) into a stack
- * buffer, two rows at a time, and runs through the dense paths: part of the engine's fixed
- * stack, not of the arena. Longer rows are walked block by block. */
-#define AOT_ROW_BUFFER_BYTES 256
-#endif
+/* aot_multiply_by_quantized_multiplier for one output channel, split in two: what depends only
+ * on the channel's multiplier and shift (worked out once per channel, outside the loop over
+ * outputs), and what depends on the accumulator. */
+typedef struct {
+  int32_t multiplier; /* in [0, 2^31) */
+  int32_t left;       /* shift > 0: the accumulator is shifted left first */
+  int32_t right;      /* shift < 0: TFLite's rounding division by 2^right after */
+  int32_t mask;       /* 2^right - 1 */
+  int32_t half;       /* mask / 2: the remainder above which a non-negative result rounds up */
+} requant_t;
 
-/* aot_multiply_by_quantized_multiplier, inlined for a multiplier in [0, 2^31): TFLite's
- * double rounding, with the 64-bit division by 2^31 done as a shift. */
-static inline int32_t requantize(int32_t acc, int32_t multiplier, int shift) {
-  const int left = shift > 0 ? shift : 0;
-  const int right = shift > 0 ? 0 : -shift;
-  const int64_t ab = (int64_t)(int32_t)((uint32_t)acc << left) * multiplier;
-  const int64_t nudged = ab + (ab >= 0 ? (1 << 30) : (1 - (1 << 30)));
-  const int32_t high = (int32_t)((nudged + (nudged < 0 ? 0x7fffffffLL : 0)) >> 31); /* toward zero */
-  if (right == 0) return high;
-  const int32_t mask = (int32_t)(((int64_t)1 << right) - 1);
-  const int32_t threshold = (mask >> 1) + (high < 0 ? 1 : 0);
-  return (high >> right) + ((high & mask) > threshold ? 1 : 0);
+static inline __attribute__((always_inline)) requant_t requant_of(int32_t multiplier, int shift) {
+  requant_t q;
+  q.multiplier = multiplier;
+  q.left = shift > 0 ? shift : 0;
+  q.right = shift > 0 ? 0 : -shift;
+  q.mask = (int32_t)(((int64_t)1 << q.right) - 1);
+  q.half = q.mask >> 1;
+  return q;
 }
 
-static inline uint32_t ror8(uint32_t v) { return (v >> 8) | (v << 24); }
+/* TFLite's double rounding, the 64-bit division by 2^31 done as a shift. */
+static inline __attribute__((always_inline)) int32_t requant_apply(const requant_t* q, int32_t acc) {
+  const int64_t ab = (int64_t)(int32_t)((uint32_t)acc << q->left) * q->multiplier;
+  const int64_t nudged = ab + (ab >= 0 ? (1 << 30) : (1 - (1 << 30)));
+  const int32_t high = (int32_t)((nudged + (nudged < 0 ? 0x7fffffffLL : 0)) >> 31); /* toward zero */
+  const int32_t threshold = q->half + (high < 0 ? 1 : 0);
+  return (high >> q->right) + ((high & q->mask) > threshold ? 1 : 0);
+}
+
+static inline __attribute__((always_inline)) int32_t requantize(int32_t acc, int32_t multiplier, int shift) {
+  const requant_t q = requant_of(multiplier, shift);
+  return requant_apply(&q, acc);
+}
+
+/* v clamped to [lo, hi], a subrange of int8's: one SSAT on the M4 when the range is int8's own
+ * (lo and hi are constants where this is inlined, so the other tests fold away). */
+static inline __attribute__((always_inline)) int8_t clamp_s8(int32_t v, int32_t lo, int32_t hi) {
+#if defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
+  v = __ssat(v, 8);
+  if (lo > -128 && v < lo) v = lo;
+  if (hi < 127 && v > hi) v = hi;
+  return (int8_t)v;
+#else
+  return (int8_t)(v < lo ? lo : v > hi ? hi : v);
+#endif
+}
+
 
 /* Two rows against the same input: acc0 += w0 . x and acc1 += w1 . x, each input loaded once. */
 static inline __attribute__((always_inline)) void dot2_s8(const int8_t* w0, const int8_t* w1, const int8_t* x,
@@ -60,11 +94,11 @@ static inline __attribute__((always_inline)) void dot2_s8(const int8_t* w0, cons
     memcpy(&xv, x, 4);
     memcpy(&u, w0, 4);
     memcpy(&v, w1, 4);
-    const uint32_t x02 = __sxtb16(xv), x13 = __sxtb16(ror8(xv));
+    const uint32_t x02 = __sxtb16(xv), x13 = sxtb16_odd(xv);
     a0 = __smlad(__sxtb16(u), x02, a0);
-    a0 = __smlad(__sxtb16(ror8(u)), x13, a0);
+    a0 = __smlad(sxtb16_odd(u), x13, a0);
     a1 = __smlad(__sxtb16(v), x02, a1);
-    a1 = __smlad(__sxtb16(ror8(v)), x13, a1);
+    a1 = __smlad(sxtb16_odd(v), x13, a1);
   }
 #endif
   for (; n > 0; --n) {
@@ -76,6 +110,62 @@ static inline __attribute__((always_inline)) void dot2_s8(const int8_t* w0, cons
   *acc1 = a1;
 }
 
+/* One row against two inputs: a0 += w . x0 and a1 += w . x1, each weight loaded once. */
+static inline __attribute__((always_inline)) void dot_s8_x2(const int8_t* w, const int8_t* x0, const int8_t* x1,
+                                                            int32_t n, int32_t* a0, int32_t* a1) {
+  int32_t s0 = *a0, s1 = *a1;
+#if defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
+  for (; n >= 4; n -= 4, w += 4, x0 += 4, x1 += 4) {
+    uint32_t wv, u, v;
+    memcpy(&wv, w, 4);
+    memcpy(&u, x0, 4);
+    memcpy(&v, x1, 4);
+    const uint32_t w02 = __sxtb16(wv), w13 = sxtb16_odd(wv);
+    s0 = __smlad(w02, __sxtb16(u), s0);
+    s0 = __smlad(w13, sxtb16_odd(u), s0);
+    s1 = __smlad(w02, __sxtb16(v), s1);
+    s1 = __smlad(w13, sxtb16_odd(v), s1);
+  }
+#endif
+  for (; n > 0; --n) {
+    const int32_t wi = *w++;
+    s0 += wi * (int32_t)(*x0++);
+    s1 += wi * (int32_t)(*x1++);
+  }
+  *a0 = s0;
+  *a1 = s1;
+}
+
+/* Two rows against two inputs: a[2i + j] += w_j . x_i, each weight and input loaded once. */
+static inline __attribute__((always_inline)) void dot_s8_2x2(const int8_t* w0, const int8_t* w1, const int8_t* x0,
+                                                             const int8_t* x1, int32_t n, int32_t a[4]) {
+  int32_t a00 = a[0], a01 = a[1], a10 = a[2], a11 = a[3];
+#if defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
+  for (; n >= 4; n -= 4, w0 += 4, w1 += 4, x0 += 4, x1 += 4) {
+    uint32_t u, v, wv;
+    memcpy(&u, x0, 4);
+    memcpy(&v, x1, 4);
+    const uint32_t u02 = __sxtb16(u), u13 = sxtb16_odd(u), v02 = __sxtb16(v), v13 = sxtb16_odd(v);
+    memcpy(&wv, w0, 4);
+    uint32_t w02 = __sxtb16(wv), w13 = sxtb16_odd(wv);
+    a00 = __smlad(w13, u13, __smlad(w02, u02, a00));
+    a10 = __smlad(w13, v13, __smlad(w02, v02, a10));
+    memcpy(&wv, w1, 4);
+    w02 = __sxtb16(wv), w13 = sxtb16_odd(wv);
+    a01 = __smlad(w13, u13, __smlad(w02, u02, a01));
+    a11 = __smlad(w13, v13, __smlad(w02, v02, a11));
+  }
+#endif
+  for (; n > 0; --n) {
+    const int32_t u = *x0++, v = *x1++, p = *w0++, q = *w1++;
+    a00 += p * u;
+    a01 += q * u;
+    a10 += p * v;
+    a11 += q * v;
+  }
+  a[0] = a00, a[1] = a01, a[2] = a10, a[3] = a11;
+}
+
 /* acc + sum of w[i] for i < n. */
 static inline int32_t sum_s8(const int8_t* w, int32_t n, int32_t acc) {
 #if defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
@@ -83,7 +173,7 @@ static inline int32_t sum_s8(const int8_t* w, int32_t n, int32_t acc) {
     uint32_t wv;
     memcpy(&wv, w, 4);
     acc = __smlad(__sxtb16(wv), 0x00010001u, acc);
-    acc = __smlad(__sxtb16((wv >> 8) | (wv << 24)), 0x00010001u, acc);
+    acc = __smlad(sxtb16_odd(wv), 0x00010001u, acc);
   }
 #endif
   for (; n > 0; --n) acc += *w++;
@@ -101,7 +191,7 @@ static inline __attribute__((always_inline)) int32_t dot_s8_offset(const int8_t*
     memcpy(&wv, w, 4);
     memcpy(&xv, x, 4);
     acc = __smlad(__sxtb16(wv), __sadd16(__sxtb16(xv), offsets), acc);
-    acc = __smlad(__sxtb16(ror8(wv)), __sadd16(__sxtb16(ror8(xv)), offsets), acc);
+    acc = __smlad(sxtb16_odd(wv), __sadd16(sxtb16_odd(xv), offsets), acc);
   }
 #endif
   for (; n > 0; --n) acc += (int32_t)(*w++) * ((int32_t)(*x++) + offset);
@@ -120,11 +210,11 @@ static inline __attribute__((always_inline)) void dot2_s8_offset(const int8_t* w
     memcpy(&xv, x, 4);
     memcpy(&u, w0, 4);
     memcpy(&v, w1, 4);
-    const uint32_t x02 = __sadd16(__sxtb16(xv), offsets), x13 = __sadd16(__sxtb16(ror8(xv)), offsets);
+    const uint32_t x02 = __sadd16(__sxtb16(xv), offsets), x13 = __sadd16(sxtb16_odd(xv), offsets);
     a0 = __smlad(__sxtb16(u), x02, a0);
-    a0 = __smlad(__sxtb16(ror8(u)), x13, a0);
+    a0 = __smlad(sxtb16_odd(u), x13, a0);
     a1 = __smlad(__sxtb16(v), x02, a1);
-    a1 = __smlad(__sxtb16(ror8(v)), x13, a1);
+    a1 = __smlad(sxtb16_odd(v), x13, a1);
   }
 #endif
   for (; n > 0; --n) {
