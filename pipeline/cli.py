@@ -46,6 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("device", help="build the firmware, run it on a board or QEMU, write device.json")
     d.add_argument("--model", default=None, help="an exported models/<trial>/model_int8.tflite "
                    "(default: the best Pareto model of the latest search under runs/)")
+    d.add_argument("--run", default=None, metavar="RUN_DIR", help="every exported model of this search, one "
+                   "after another, each device.json beside its model (instead of --model)")
     d.add_argument("--board", default="qemu-stm32f4", help="a row of tflm_project/boards/board_facts.tsv")
     d.add_argument("--engine", default="aot", help="aot (our generated C) or tflm (TensorFlow Lite Micro "
                    "from $TFLM_DIR or make tflm's cache)")
@@ -61,7 +63,8 @@ def _parser() -> argparse.ArgumentParser:
                        "run create_tflm_tree.py")
     t.add_argument("--kernels", nargs="+", default=None, choices=("cmsis_nn", "reference"),
                    help="kernel sets to make (default both: CMSIS-NN for Cortex-M4, reference for Cortex-M0)")
-    r = sub.add_parser("report", help="the Pareto models' promised and measured figures as one table")
+    r = sub.add_parser("report", help="RUN_DIR/report.md and a self-contained report.html: the Pareto models' "
+                       "promised and measured figures, the plots, and the SpArSe paper's points beside ours")
     r.add_argument("run_dir", metavar="RUN_DIR", nargs="?", default=None,
                    help="the --out directory of a search (default: the latest search under runs/)")
     parser.set_defaults(subparsers=sub.choices)
@@ -79,6 +82,17 @@ def _import_tensorflow_quietly() -> None:
     finally:
         os.dup2(saved, 2)
         os.close(saved)
+
+
+def _exported_models(run_dir: Path) -> list[Path]:
+    """The run's exported models, trial by trial."""
+    models = sorted(run_dir.glob("models/*/model_int8.tflite"),
+                    key=lambda p: (not p.parent.name.isdigit(), int(p.parent.name) if p.parent.name.isdigit() else 0,
+                                   p.parent.name))
+    if not models:
+        raise UserError(f"--run {run_dir} has no exported models (expected {run_dir}/models/<trial>/"
+                        f"model_int8.tflite): run make export RUN={run_dir} first")
+    return models
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,16 +121,23 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "device":
             from pipeline.device import default_out_dir, latest_best_model, run_device
 
-            model = Path(args.model) if args.model else latest_best_model(Path("runs"), args.data_dir)
-            out = Path(args.out) if args.out else default_out_dir(model, args.board, args.engine)
-            result = run_device(model, args.board, args.engine, out, port=args.port, samples=args.samples,
-                                dataset=args.dataset, data_dir=args.data_dir)
-            latency = (f"{result['latency_instructions']:,} instructions" if "latency_instructions" in result
-                       else f"{result['latency_ms']} ms ({result['latency_cycles']:,} cycles)")
-            print(f"{out / 'device.json'}: {result['board']} {result['engine']}: accuracy "
-                  f"{100 * result['accuracy']:.2f}% on {result['samples']} inputs, outputs match host TFLM "
-                  f"{100 * result['outputs_match']:.1f}%, flash {result['flash_bytes']:,} B, RAM "
-                  f"{result['ram_bytes']:,} B (arena {result['arena_bytes']:,} B), latency {latency}")
+            if args.run and (args.model or args.out):
+                raise UserError(f"--run {args.run} runs every exported model, each with its own device.json: "
+                                "give --run alone, or --model (and --out) for one model")
+            if args.run:
+                models = _exported_models(Path(args.run))
+            else:
+                models = [Path(args.model) if args.model else latest_best_model(Path("runs"), args.data_dir)]
+            for model in models:
+                out = Path(args.out) if args.out else default_out_dir(model, args.board, args.engine)
+                result = run_device(model, args.board, args.engine, out, port=args.port, samples=args.samples,
+                                    dataset=args.dataset, data_dir=args.data_dir)
+                latency = (f"{result['latency_instructions']:,} instructions" if "latency_instructions" in result
+                           else f"{result['latency_ms']} ms ({result['latency_cycles']:,} cycles)")
+                print(f"{out / 'device.json'}: {result['board']} {result['engine']}: accuracy "
+                      f"{100 * result['accuracy']:.2f}% on {result['samples']} inputs, outputs match host TFLM "
+                      f"{100 * result['outputs_match']:.1f}%, flash {result['flash_bytes']:,} B, RAM "
+                      f"{result['ram_bytes']:,} B (arena {result['arena_bytes']:,} B), latency {latency}")
         elif args.command == "tflm":
             from pipeline.tflm import make_trees
 
@@ -124,9 +145,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"TFLM tree ready: {tree}")
         elif args.command == "report":
             from pipeline.export import latest_run
-            from pipeline.report import format_report
+            from pipeline.report import write_report
 
-            sys.stdout.write(format_report(Path(args.run_dir) if args.run_dir else latest_run(Path("runs"))))
+            for path in write_report(Path(args.run_dir) if args.run_dir else latest_run(Path("runs"))):
+                print(f"wrote {path}")
     except UserError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return exc.exit_code

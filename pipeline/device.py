@@ -49,6 +49,9 @@ def run_device(model_path: Path, board_name: str, engine: str, out_dir: Path, po
     model's own input parameters (any int8 .tflite, no export needed).
     """
     board = get_board(board_name)
+    if port is not None and "://" not in port and not Path(port).exists():  # before a build: fail in seconds
+        raise UserError(f"serial port {port!r} does not exist: is the board attached, and is this its port? "
+                        "(ls /dev/ttyACM* /dev/ttyUSB*)")
     if engine not in firmware.ENGINES:
         raise UserError(f"unknown engine {engine!r}: expected one of {', '.join(firmware.ENGINES)}")
     data = tflite_model.read_tflite(model_path)

@@ -35,13 +35,19 @@ def main() -> int:
                         help="a search's --out (default: the latest search under runs/)")
     parser.add_argument("--board", default="qemu-stm32f4")
     parser.add_argument("--samples", type=int, default=20)
+    parser.add_argument("--engines", nargs="+", default=list(ENGINES), choices=ENGINES,
+                        help="engines to run (default both; ratios need both)")
+    parser.add_argument("--port", default=None,
+                        help="serial port of the real board (without it a real board's QEMU twin runs)")
     args = parser.parse_args()
     args.run_dir = args.run_dir or latest_run(Path("runs"))
-    board = emulated_twin(args.board)
+    board = args.board if args.port else emulated_twin(args.board)
     _, rows = load_run(args.run_dir)
-    print(f"AOT vs TFLM on {board}, Pareto models of {args.run_dir}, {args.samples} test inputs each; "
-          "instructions under QEMU -icount shift=0 (not cycles)\n")
-    print("| trial | MS B | WM B | engine | flash B | RAM B | arena B | stack B | instructions | outputs match |")
+    latency, unit = (("latency_cycles", "cycles") if args.port else ("latency_instructions", "instructions"))
+    print(f"{' and '.join(args.engines)} on {board}, Pareto models of {args.run_dir}, {args.samples} test inputs "
+          "each; " + ("cycles of the core clock\n" if args.port else
+                      "instructions under QEMU -icount shift=0 (not cycles)\n"))
+    print(f"| trial | MS B | WM B | engine | flash B | RAM B | arena B | stack B | {unit} | outputs match |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     ratios = []
     for row in pareto_rows(rows):
@@ -50,23 +56,23 @@ def main() -> int:
             print(f"| {row['trial_id']} | not exported: run make export RUN={args.run_dir} |")
             continue
         results = {}
-        for engine in ENGINES:
+        for engine in args.engines:
             try:
                 results[engine] = run_device(model, board, engine, default_out_dir(model, board, engine),
-                                             samples=args.samples)
+                                             samples=args.samples, port=args.port)
             except UserError as exc:
                 print(f"| {row['trial_id']} | | | {engine} | {exc} |")
                 continue
             r = results[engine]
             print(f"| {row['trial_id']} | {row['model_size_bytes']:,} | {row['working_memory_bytes']:,} | "
                   f"{engine} | {r['flash_bytes']:,} | {r['ram_bytes']:,} | {r['arena_bytes']:,} | "
-                  f"{r['stack_bytes']:,} | {r['latency_instructions']:,} | {r['outputs_match']:.2f} |")
+                  f"{r['stack_bytes']:,} | {r[latency]:,} | {r['outputs_match']:.2f} |")
         if len(results) == 2:
             a, t = results["aot"], results["tflm"]
-            ratio = {k: a[k] / t[k] for k in ("flash_bytes", "ram_bytes", "arena_bytes", "latency_instructions")}
+            ratio = {k: a[k] / t[k] for k in ("flash_bytes", "ram_bytes", "arena_bytes", latency)}
             ratios.append(ratio)
             print(f"| {row['trial_id']} | | | AOT/TFLM | {ratio['flash_bytes']:.2f}x | {ratio['ram_bytes']:.2f}x | "
-                  f"{ratio['arena_bytes']:.2f}x | | {ratio['latency_instructions']:.2f}x | |")
+                  f"{ratio['arena_bytes']:.2f}x | | {ratio[latency]:.2f}x | |")
     if ratios:
         print("\nAOT/TFLM over all models (min-max): " + ", ".join(
             f"{k.replace('_bytes', '').replace('latency_', '')} {min(r[k] for r in ratios):.2f}-"

@@ -1,0 +1,66 @@
+"""Compares a run's device.json files with the baseline in the repository, or rewrites it.
+
+Fails (exit 1), one line per problem naming the field, the baseline, the new value and the
+tolerance, when outputs stop matching the host or a figure regresses beyond its tolerance.
+
+Usage:
+    .venv/bin/python scripts/bench_check.py RUN_DIR [--boards qemu-stm32f4 qemu-microbit]
+    .venv/bin/python scripts/bench_check.py RUN_DIR --write      # make bench-baseline
+    make bench-check RUN=runs/ci [BOARDS="qemu-stm32f4 qemu-microbit"]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pipeline import baseline  # noqa: E402
+from pipeline.boards import load_boards  # noqa: E402
+from pipeline.errors import UserError, run_script  # noqa: E402
+
+DEFAULT_BASELINE = Path(__file__).resolve().parent.parent / "bench" / "baseline.json"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path, nargs="?", default=None,
+                        help="a search's --out, its models exported and benchmarked (default: the latest under runs/)")
+    parser.add_argument("--baseline", type=Path, default=DEFAULT_BASELINE)
+    parser.add_argument("--boards", nargs="+", default=None,
+                        help="check only these boards' entries (default: every board in the baseline)")
+    parser.add_argument("--write", action="store_true",
+                        help="rewrite the baseline's entries from this run's device.json files instead")
+    args = parser.parse_args()
+    if args.run_dir is None:
+        from pipeline.export import latest_run  # imports TensorFlow: only when needed
+
+        args.run_dir = latest_run(Path("runs"))
+    known = load_boards()
+    for board in args.boards or []:
+        if board not in known:
+            raise UserError(f"--boards {board} is not a board: expected one of {', '.join(known)}")
+    results = baseline.collect(args.run_dir)
+    if args.boards is not None:
+        results = {k: v for k, v in results.items() if k.split(" ")[0] in args.boards}
+    current = baseline.load(args.baseline)
+    if args.write:
+        if not results:
+            raise UserError(f"{args.run_dir} has no device.json files to take as the baseline: run "
+                            "make bench-engines or make flash RUN=... first")
+        baseline.write(args.baseline, baseline.update(current, results))
+        print(f"{args.baseline}: {len(results)} results from {args.run_dir} written")
+        return 0
+    failures, notes = baseline.check(current, results, args.boards)
+    for line in notes:
+        print(f"note: {line}")
+    for line in failures:
+        print(f"FAIL: {line}")
+    checked = sum(1 for k in current["results"] if args.boards is None or k.split(" ")[0] in args.boards)
+    print(f"bench-check: {checked} baseline results, {len(failures)} failures ({args.baseline})")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    run_script(main)
