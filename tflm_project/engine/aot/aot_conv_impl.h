@@ -167,6 +167,69 @@ static inline __attribute__((always_inline)) int32_t sparse_border(const patch_s
   return acc;
 }
 
+/* The stored blocks of a row of at most 32 blocks that never straddle two runs, as the set bits of
+ * `mask` (read from the bitmap once per row): MASKED_BLOCKS runs its body once per stored block,
+ * in order, with `r` its run and `first` where it starts in the run. On the M4 the next block is
+ * one RBIT and one CLZ, and the run a multiply (a division by a constant); the M0 has neither CLZ
+ * nor a divider, so it steps through the bits with counters. */
+#if defined(__ARM_FEATURE_CLZ) && __ARM_FEATURE_CLZ
+#define MASKED_BLOCKS(mask, blocks_per_run, block, ...)          \
+  for (uint32_t left_ = (mask); left_; left_ &= left_ - 1) {       \
+    const int32_t b_ = __builtin_ctz(left_);                        \
+    const int32_t r = b_ / (blocks_per_run);                        \
+    const int32_t first = (b_ - r * (blocks_per_run)) * (block);    \
+    __VA_ARGS__                                                     \
+  }
+#else
+#define MASKED_BLOCKS(mask, blocks_per_run, block, ...)                                \
+  for (uint32_t left_ = (mask), r = 0, i_ = 0; left_; left_ >>= 1) {                  \
+    if (left_ & 1u) {                                                                  \
+      const int32_t first = (int32_t)i_ * (block);                                     \
+      __VA_ARGS__                                                                      \
+    }                                                                                  \
+    if (++i_ == (uint32_t)(blocks_per_run)) i_ = 0, ++r;                               \
+  }
+#endif
+
+/* Interior output of such a row: one dot product per stored block, nothing for a pruned one. */
+static inline __attribute__((always_inline)) int32_t masked_interior(const patch_shape* s, const int8_t* w,
+                                                                     uint32_t mask, const int8_t* window,
+                                                                     int32_t acc) {
+  const aot_conv_params* p = s->p;
+  const int32_t block = 1 << p->weights.block_shift;
+  const int32_t blocks_per_run = s->run_len / block;
+  const int32_t run_step = p->dilation_w * p->in_c;
+  const int32_t row_step = p->dilation_h * p->in_w * p->in_c;
+  MASKED_BLOCKS(mask, blocks_per_run, block, {
+    const int32_t ky = (int32_t)r / s->runs_per_row, kx = (int32_t)r - ky * s->runs_per_row;
+    acc = dot_s8(w, window + ky * row_step + kx * run_step + first, block, acc);
+    w += block;
+  })
+  return acc;
+}
+
+/* Border output of such a row, from the unfolded bias: each stored block clipped to its run's
+ * inside part, the input offset applied to what is read. */
+static inline __attribute__((always_inline)) int32_t masked_border(const patch_shape* s, const int8_t* w,
+                                                                   uint32_t mask, const int8_t* input, int y0,
+                                                                   int x0, int32_t acc) {
+  const int32_t block = 1 << s->p->weights.block_shift;
+  const int32_t blocks_per_run = s->run_len / block;
+  int32_t run = -1, lo = 0, hi = 0;
+  const int8_t* start = input;
+  MASKED_BLOCKS(mask, blocks_per_run, block, {
+    if ((int32_t)r != run) {
+      run = (int32_t)r;
+      run_at(s, input, y0, x0, run, &lo, &hi, &start);
+    }
+    const int32_t a = first > lo ? first : lo;
+    const int32_t z = first + block < hi ? first + block : hi;
+    if (z > a) acc = dot_s8_offset(w + (a - first), start + a, z - a, s->p->input_offset, acc);
+    w += block;
+  })
+  return acc;
+}
+
 /* Blocks in a row of the layer's kernel. */
 static inline int32_t k_blocks(const patch_shape* s) {
   return ((s->p->weights.row_len - 1) >> s->p->weights.block_shift) + 1;
@@ -324,7 +387,13 @@ static inline __attribute__((always_inline)) void conv_one_row(const patch_shape
                           (b - r * blocks_per_run) * block;
     }
   } else {
-    stored = -1; /* not listed: walk the bitmap */
+    stored = -1; /* not listed: walk the bitmap, from a register when the row has at most 32 blocks */
+  }
+  const int masked = stored < 0 && bits && aligned && !contiguous && blocks <= 32;
+  uint32_t mask = 0;
+  if (masked) {
+    for (int32_t byte = 0; byte < (blocks + 7) / 8; ++byte) mask |= (uint32_t)bits[byte] << (8 * byte);
+    if (blocks < 32) mask &= (1u << blocks) - 1u;
   }
   for (int oy = 0; oy < p->out_h; ++oy) {
     const int y0 = oy * p->stride_h - p->pad_h;
@@ -352,6 +421,10 @@ static inline __attribute__((always_inline)) void conv_one_row(const patch_shape
           const int32_t z = first + block < hi ? first + block : hi;
           if (z > a) acc = dot_s8_offset(w + (a - first), start + a, z - a, p->input_offset, acc);
         }
+      } else if (masked && inside_y && ox >= box->ox_lo && ox <= box->ox_hi) {
+        acc = masked_interior(s, values, mask, input + (y0 * p->in_w + x0) * p->in_c, bias);
+      } else if (masked) {
+        acc = masked_border(s, values, mask, input, y0, x0, border_bias);
       } else if (bits && contiguous) {
         acc = sparse_contiguous(&p->weights, values, bits, input + (y0 * p->in_w + x0) * p->in_c, bias);
       } else if (bits && aligned && inside_y && ox >= box->ox_lo && ox <= box->ox_hi) {
