@@ -30,7 +30,7 @@ REPLY_TIMEOUT_S = 60.0
 FLASH_TIMEOUT_S = 120
 DEFAULT_DATASET_SAMPLES = 100
 RESULT = re.compile(r"^RESULT ticks=(\d+) out=([0-9a-f]*)$")
-STATS = re.compile(r"^STATS stack=(\d+) arena=(\d+) capacity=(\d+)$")
+STATS = re.compile(r"^STATS stack=(\d+) arena=(\d+) capacity=(\d+)(?: timer=\d+)?$")
 
 
 def default_out_dir(model_path: Path, board_name: str, engine: str) -> Path:
@@ -79,7 +79,7 @@ def run_device(model_path: Path, board_name: str, engine: str, out_dir: Path, po
     else:
         build = firmware.build(data, board, engine, out_dir / "firmware", str(model_path), aot_kernels=aot_kernels)
     with _connect(board, build, port) as link:
-        _wait_ready(link, board)
+        _check_timer(_wait_ready(link, board), board)
         ticks, outputs = [], []
         for n, x in enumerate(inputs):
             link.write(b"I " + x.tobytes().hex().encode() + b"\n")
@@ -250,6 +250,16 @@ def _wait_ready(link: Any, board: Board) -> str:
     if not (line.startswith("READY") or line.startswith("STATS")):
         raise UserError(f"{board.name} sent {line[:60]!r} instead of READY: is this the right port?")
     return line
+
+
+def _check_timer(line: str, board: Board) -> None:
+    """Refuses figures from a board whose tick counter does not run at board_facts.tsv's rate
+    (a clock set-up that timed out leaves the core on its reset clock)."""
+    found = re.search(r"\btimer=(\d+)", line)
+    if found is not None and int(found.group(1)) != board.timer_hz:
+        raise UserError(f"{board.name} counts at {int(found.group(1)):,} Hz, not the {board.timer_hz:,} Hz of "
+                        "board_facts.tsv: its clock set-up did not complete (the PLL did not lock); power-cycle "
+                        "the board and run again, and check its supply if it persists")
 
 
 def _ready_field(line: str, field: str) -> int:

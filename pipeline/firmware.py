@@ -15,7 +15,7 @@ import socket
 import subprocess
 from pathlib import Path
 
-from pipeline import aot, costs, tflite_graph, tflite_model, tflm
+from pipeline import aot, clocks, costs, tflite_graph, tflite_model, tflm
 from pipeline.boards import Board
 from pipeline.errors import UserError
 
@@ -90,6 +90,8 @@ def build(model_data: bytes, board: Board, engine: str, build_dir: Path, label: 
                  f"TFLM_ARENA_BYTES={tflm_arena_bytes}", f"MIN_STACK_BYTES={STACK_RESERVE_BYTES[engine]}"]
         _make([*args, "tflm-lib", f"-j{os.cpu_count() or 2}"], TFLM_LIBRARY_TIMEOUT_S, board, build_dir,
               "compiling the TFLM library (once per core and tree)")
+    if clocks.needs_pll(board):
+        (gen / "board_clock.h").write_text(clocks.header(board))
     if flash_needed > board.flash_bytes or ram_needed > board.ram_bytes:
         raise UserError(f"{label} does not fit {board.name} with ENGINE={engine}: needs {flash_needed:,} B of "
                         f"weights (flash {board.flash_bytes:,} B) and {ram_needed:,} B of RAM for arena and "

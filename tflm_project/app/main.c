@@ -2,10 +2,11 @@
  *
  * Protocol (ASCII lines, '\n' terminated):
  *   firmware -> host at start:  READY engine=<name> input=<bytes> output=<bytes> arena=<bytes> capacity=<bytes>
+ *                               timer=<Hz the tick counter runs at>
  *   host -> firmware:           I <input bytes as hex>
  *   firmware -> host:           RESULT ticks=<u32> out=<output bytes as hex>
  *   host -> firmware:           S
- *   firmware -> host:           STATS stack=<peak stack bytes> arena=<bytes> capacity=<bytes>
+ *   firmware -> host:           STATS stack=<peak stack bytes> arena=<bytes> capacity=<bytes> timer=<Hz>
  *   host -> firmware:           P
  *   firmware -> host:           PROFILE <ticks of each operator in the last inference, in order>
  *   anything else:              ERROR <reason>
@@ -123,6 +124,8 @@ int main(void) {
   put_uint((uint32_t)engine_arena_bytes());
   put(" capacity=");
   put_uint((uint32_t)engine_arena_capacity());
+  put(" timer=");
+  put_uint(board_timer_hz());
   put("\n");
   for (;;) {
     const char command = (char)board_uart_read();
@@ -137,6 +140,8 @@ int main(void) {
       put_uint((uint32_t)engine_arena_bytes());
       put(" capacity=");
       put_uint((uint32_t)engine_arena_capacity());
+      put(" timer=");
+      put_uint(board_timer_hz());
       put("\n");
     } else if (command == 'P') {
       skip_line();

@@ -59,3 +59,5 @@ uint32_t board_ticks(void) {
   TIMER0_CAPTURE0 = 1;
   return TIMER0_CC0;
 }
+
+uint32_t board_timer_hz(void) { return BOARD_TIMER_HZ; /* TIMER0 at 16 MHz, from board_facts.tsv */ }

@@ -2,7 +2,8 @@
 BOARD_DIR := boards/stm32f413
 BOARD_SRCS := boards/cortex_m_reset.c $(BOARD_DIR)/startup.c $(BOARD_DIR)/board.c
 BOARD_LINKER := boards/cortex_m.ld.in
-BOARD_CFLAGS :=
+# the PLL set-up to board_facts.tsv's clock: gen/board_clock.h, written by pipeline/clocks.py
+BOARD_CFLAGS := -DBOARD_PLL -I$(GEN_DIR)
 FLASH_ORIGIN := 0x08000000
 RAM_ORIGIN := 0x20000000
 FLASH_COMMAND = openocd -f board/st_nucleo_f4.cfg -c "program $(ELF) verify reset exit"
