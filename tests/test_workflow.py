@@ -41,9 +41,13 @@ def test_actionlint_is_what_fails_a_broken_workflow(tmp_path):
         pytest.skip("actionlint is not installed: make lint-deps (its build downloads the binary from GitHub)")
     broken = tmp_path / ".github" / "workflows" / "ci.yml"
     broken.parent.mkdir(parents=True)
+    (broken.parent.parent / "actionlint.yaml").write_text((REPO / ".github" / "actionlint.yaml").read_text())
     broken.write_text(WORKFLOW.read_text().replace("needs: test", "needs: tests"))  # a job that does not exist
-    result = subprocess.run([linter, "-no-color", str(broken)], capture_output=True, text=True, timeout=120)
-    assert result.returncode != 0 and "tests" in result.stdout
+    result = subprocess.run([linter, "-no-color", str(broken)], capture_output=True, text=True, timeout=120,
+                            cwd=tmp_path)
+    assert result.returncode != 0
+    assert [line for line in result.stdout.splitlines() if line.startswith(str(broken))] == [
+        line for line in result.stdout.splitlines() if line.startswith(str(broken)) and '"tests"' in line]
 
 
 def test_the_workflow_has_the_three_jobs_and_the_device_job_flashes_on_a_self_hosted_runner():
