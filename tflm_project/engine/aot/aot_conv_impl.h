@@ -479,8 +479,8 @@ static inline __attribute__((always_inline)) void conv_contiguous_listed(const p
     const int8_t* x1 = pixel_input(p, input, i + 1);
     int32_t a0 = bias, a1 = bias;
     const int8_t* w = values;
-    for (int32_t j = 0; j < stored; ++j, w += block) dot_s8_x2(w, x0 + first[j], x1 + first[j], block, &a0, &a1);
-    if (tail_stored) dot_s8_x2(tail_w, x0 + full * block, x1 + full * block, tail, &a0, &a1);
+    for (int32_t j = 0; j < stored; ++j, w += block) dot2_s8(x0 + first[j], x1 + first[j], w, block, &a0, &a1);
+    if (tail_stored) dot2_s8(x0 + full * block, x1 + full * block, tail_w, tail, &a0, &a1);
     out[0] = clamp_s8(requant_apply(&q, a0) + p->output_offset, p->act_min, p->act_max);
     out[p->out_c] = clamp_s8(requant_apply(&q, a1) + p->output_offset, p->act_min, p->act_max);
   }

@@ -84,7 +84,8 @@ static inline __attribute__((always_inline)) int8_t clamp_s8(int32_t v, int32_t 
 }
 
 
-/* Two rows against the same input: acc0 += w0 . x and acc1 += w1 . x, each input loaded once. */
+/* Two rows against the same input: acc0 += w0 . x and acc1 += w1 . x, each input loaded once (as the
+ * dot product is symmetric, also one row against two inputs). */
 static inline __attribute__((always_inline)) void dot2_s8(const int8_t* w0, const int8_t* w1, const int8_t* x,
                                                           int32_t n, int32_t* acc0, int32_t* acc1) {
   int32_t a0 = *acc0, a1 = *acc1;
@@ -108,32 +109,6 @@ static inline __attribute__((always_inline)) void dot2_s8(const int8_t* w0, cons
   }
   *acc0 = a0;
   *acc1 = a1;
-}
-
-/* One row against two inputs: a0 += w . x0 and a1 += w . x1, each weight loaded once. */
-static inline __attribute__((always_inline)) void dot_s8_x2(const int8_t* w, const int8_t* x0, const int8_t* x1,
-                                                            int32_t n, int32_t* a0, int32_t* a1) {
-  int32_t s0 = *a0, s1 = *a1;
-#if defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
-  for (; n >= 4; n -= 4, w += 4, x0 += 4, x1 += 4) {
-    uint32_t wv, u, v;
-    memcpy(&wv, w, 4);
-    memcpy(&u, x0, 4);
-    memcpy(&v, x1, 4);
-    const uint32_t w02 = __sxtb16(wv), w13 = sxtb16_odd(wv);
-    s0 = __smlad(w02, __sxtb16(u), s0);
-    s0 = __smlad(w13, sxtb16_odd(u), s0);
-    s1 = __smlad(w02, __sxtb16(v), s1);
-    s1 = __smlad(w13, sxtb16_odd(v), s1);
-  }
-#endif
-  for (; n > 0; --n) {
-    const int32_t wi = *w++;
-    s0 += wi * (int32_t)(*x0++);
-    s1 += wi * (int32_t)(*x1++);
-  }
-  *a0 = s0;
-  *a1 = s1;
 }
 
 /* Two rows against two inputs: a[2i + j] += w_j . x_i, each weight and input loaded once. */
