@@ -123,8 +123,10 @@ def check(baseline: dict[str, Any], results: dict[str, dict[str, Any]],
             if worse:
                 failures.append(f"{key}: {field} {_figure(new[field])} against the baseline "
                                 f"{_figure(base[field])} (tolerance {_tolerance(rule)}, limit {_figure(limit)})")
-            elif new[field] != base[field]:
-                notes.append(f"{key}: {field} {_figure(new[field])} (baseline {_figure(base[field])})")
+            elif (new[field] < _limit(base[field], {**rule, "better": "higher"}) if rule["better"] == "lower"
+                  else new[field] > _limit(base[field], {**rule, "better": "lower"})):
+                notes.append(f"{key}: {field} {_figure(new[field])}, better than the baseline {_figure(base[field])} "
+                             "beyond its tolerance: make bench-baseline keeps the gain")
     for key in sorted(set(results) - set(baseline["results"])):
         if boards is None or key.split(" ")[0] in boards:
             notes.append(f"{key}: not in the baseline (make bench-baseline adds it)")

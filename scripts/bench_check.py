@@ -11,6 +11,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -50,7 +51,7 @@ def main() -> int:
             raise UserError(f"{args.run_dir} has no device.json files to take as the baseline: run "
                             "make bench-engines or make flash RUN=... first")
         baseline.write(args.baseline, baseline.update(current, results))
-        print(f"{args.baseline}: {len(results)} results from {args.run_dir} written")
+        print(f"{os.path.relpath(args.baseline)}: {len(results)} results from {args.run_dir} written")
         return 0
     failures, notes = baseline.check(current, results, args.boards)
     for line in notes:
@@ -58,7 +59,7 @@ def main() -> int:
     for line in failures:
         print(f"FAIL: {line}")
     checked = sum(1 for k in current["results"] if args.boards is None or k.split(" ")[0] in args.boards)
-    print(f"bench-check: {checked} baseline results, {len(failures)} failures ({args.baseline})")
+    print(f"bench-check: {checked} baseline results, {len(failures)} failures ({os.path.relpath(args.baseline)})")
     return 1 if failures else 0
 
 

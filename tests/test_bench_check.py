@@ -95,3 +95,12 @@ def test_bench_check_fails_when_a_baselined_result_is_missing_and_ignores_other_
     assert _check(empty, baseline, "--boards", "qemu-microbit").returncode == 0
     wrong = _check(empty, baseline, "--boards", "stm32")
     assert wrong.returncode == 2 and wrong.stderr.count("\n") == 1 and "stm32" in wrong.stderr
+
+
+def test_bench_check_passes_a_gain_and_says_the_baseline_can_keep_it(benchmarked_run, tmp_path):
+    baseline = tmp_path / "baseline.json"
+    assert _check(benchmarked_run, baseline, "--write").returncode == 0
+    faster = _regressed(benchmarked_run, tmp_path, latency_instructions=lambda v: int(v * 0.9))
+    checked = _check(faster, baseline)
+    assert checked.returncode == 0, checked.stdout
+    assert "latency_instructions" in checked.stdout and "make bench-baseline keeps the gain" in checked.stdout

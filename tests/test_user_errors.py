@@ -119,3 +119,27 @@ def test_make_search_default_out_is_one_folder_under_runs_for_an_npz_dataset():
     command = _make_dry_run("search", "DATASET=npz:/data/sets/my.digits.npz")
     out = command.split("--out ")[1].split()[0]
     assert out == "runs/npz-my.digits-stm32f413-sparse-e10-s0"
+
+
+def test_device_run_without_exported_models_or_with_model_is_refused(capfd, tmp_path):
+    _one_line_error(capfd, ["device", "--run", str(tmp_path)], f"--run {tmp_path}", "make export")
+    _one_line_error(capfd, ["device", "--run", str(tmp_path), "--model", "x.tflite"], "--run", "--model")
+
+
+def test_a_serial_port_that_does_not_exist_fails_before_any_build(capfd, tmp_path):
+    model = tmp_path / "model_int8.tflite"
+    model.write_bytes(b"not built from")
+    _one_line_error(capfd, ["device", "--model", str(model), "--board", "stm32f413", "--port", str(tmp_path / "ttyACM9"),
+                            "--out", str(tmp_path / "out")], "does not exist", "ttyACM9")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("make_args,expected", [
+    (["flash", "BOARD=stm32f413", "RUN=runs/ci", "PORT=/dev/ttyACM0"], "--run runs/ci"),
+    (["bench-check", "RUN=runs/ci", "BOARDS=stm32f413"], "--boards stm32f413"),
+    (["bench-baseline", "RUN=runs/ci"], "--write"),
+    (["bench-engines", "RUN=runs/ci", "ENGINES=aot", "BOARD=stm32f413", "PORT=/dev/ttyACM0"], "--engines aot --port"),
+])
+def test_make_targets_of_the_ci_jobs_pass_their_variables_on(make_args, expected):
+    result = subprocess.run(["make", "-n", *make_args], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and expected in result.stdout, result.stdout + result.stderr
