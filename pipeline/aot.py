@@ -129,7 +129,7 @@ class _Emitter:
         """
         rows = kernel.reshape(kernel.shape[0], -1)
         best = (rows.size, None, None)
-        for shift in range(0 if dense else _MAX_BLOCK_SHIFT + 1):
+        for shift in reversed(range(0 if dense else _MAX_BLOCK_SHIFT + 1)):  # ties: the larger blocks, faster
             stored, bitmap = _block_bitmap(rows, shift)
             size = bitmap.size + int(stored.sum())
             if size < best[0]:
@@ -137,12 +137,14 @@ class _Emitter:
         size, shift, sparse = best
         self.kernel_bytes += size
         k = rows.shape[1]
+        self.last_shift = None
         if sparse is None:
             self.arrays.append(_c_array("int8_t", f"{name}_values", rows))
             return f"{{{name}_values, 0, {k}, 0}}"
         stored, bitmap = sparse
         self.arrays.append(_c_array("uint8_t", f"{name}_bitmap", bitmap))
         self.arrays.append(_c_array("int8_t", f"{name}_values", rows[stored]))
+        self.last_shift = shift
         return f"{{{name}_values, {name}_bitmap, {k}, {shift}}}"
 
     def requant(self, name: str, x: Tensor, w: Tensor, y: Tensor, bias: Tensor | None,
@@ -190,7 +192,7 @@ def generate(data: bytes, label: str = "model") -> AotModel:
     allowance = costs.aot_weight_bytes(resources)
     spans = costs.scratch_spans(resources, order_names, placed, arena)
     scratch = {int(name.split(":")[0]): span for name, span in spans.items()}
-    emit = _Emitter(graph, offsets, _dense_layers(graph, allowance), scratch)
+    emit = _Emitter(graph, offsets, _dense_layers(graph, allowance, scratch), scratch)
     by_index = {op.index: op for op in graph.operators}
     operators = []
     for index in order:
@@ -244,11 +246,23 @@ def _emit_op(emit: _Emitter, op: Operator) -> None:
         dh, dw = o.get("dilationHFactor", 1), o.get("dilationWFactor", 1)
         ph = _padding(o["padding"], o["strideH"], dh, ih, kh, oh)
         pw = _padding(o["padding"], o["strideW"], dw, iw, kw, ow)
+        extra = ""
+        if not depthwise:
+            inside_y = _inside_taps(oh, ih, kh, o["strideH"], dh, ph)
+            inside_x = _inside_taps(ow, iw, kw, o["strideW"], dw, pw)
+            border_ref = "0"
+            if min(inside_y) < kh or min(inside_x) < kw:  # border outputs: their bias, unfolded, as a constant
+                original = np.zeros(oc, np.int64) if bias is None or bias.data is None else bias.data
+                emit.arrays.append(_c_array("int32_t", f"{name}_border_bias", original))
+                emit.quant_bytes += 4 * oc
+                border_ref = f"{name}_border_bias"
+            im2col = _im2col_sparse(op, t, emit.last_shift, emit.scratch.get(op.index, (0, 0))[1])
+            extra = f", {border_ref}, {int(im2col)}"
         emit.arrays.append(
             f"static const aot_conv_params {name} = {{{ih}, {iw}, {ic}, {oh}, {ow}, {oc}, {kh}, {kw}, "
             f"{o['strideH']}, {o['strideW']}, {dh}, {dw}, {ph}, {pw}, {oc // ic if depthwise else 1}, "
             f"{-x.zero_point}, {y.zero_point}, {lo}, {hi}, {name}_multiplier, {name}_shift, "
-            f"{bias_ref}, {weights}}};\n")
+            f"{bias_ref}, {weights}{extra}}};\n")
         if depthwise:
             emit.calls.append(f"  AOT_DEPTHWISE_CONV2D({name}, {emit.ptr(x.index)}, {emit.ptr(y.index)});\n")
         else:  # inlined with the layer's constants: specialised per layer (engine/aot/aot_fast.h)
@@ -340,7 +354,7 @@ def _smallest_format(kernel: np.ndarray) -> tuple[int, int | None]:
     """(bytes, block shift) of a kernel's smallest format; the shift is None when dense is smallest."""
     rows = kernel.reshape(kernel.shape[0], -1)
     best = (rows.size, None)
-    for shift in range(_MAX_BLOCK_SHIFT + 1):
+    for shift in reversed(range(_MAX_BLOCK_SHIFT + 1)):  # on a tie the larger blocks, as weights() does
         stored, bitmap = _block_bitmap(rows, shift)
         best = min(best, (bitmap.size + int(stored.sum()), shift), key=lambda pair: pair[0])
     return best
@@ -349,7 +363,8 @@ def _smallest_format(kernel: np.ndarray) -> tuple[int, int | None]:
 _LISTED_DENSE_BELOW = 0.3  # zero fraction under which a listed 1x1 layer runs faster dense
 
 
-def _dense_layers(graph: Graph, allowed_bytes: float) -> frozenset[int]:
+def _dense_layers(graph: Graph, allowed_bytes: float,
+                  scratch: dict[int, tuple[int, int]] | None = None) -> frozenset[int]:
     """Layers stored dense though a bitmap would be smaller, because a dense row runs faster.
 
     Within ``allowed_bytes`` for all weights (costs.aot_weight_bytes: the flash the search was
@@ -358,8 +373,12 @@ def _dense_layers(graph: Graph, allowed_bytes: float) -> frozenset[int]:
     channels per pass; a heavily pruned one would cost several times its stored bytes, and stays
     block-sparse, where a pruned block costs no time. A 1x1 convolution pruned in blocks of four
     or more runs its stored blocks from a list two pixels at a time, as fast per stored weight as
-    dense, so it stays block-sparse unless nearly dense (_LISTED_DENSE_BELOW of it zero).
+    dense, so it stays block-sparse unless nearly dense (_LISTED_DENSE_BELOW of it zero). So does
+    a layer whose blocks straddle its windows' runs when ``scratch`` (operator index -> (offset,
+    bytes) of free arena) has room for two im2col patches: its stored blocks then run two outputs
+    at a time, border outputs included, which dense storage would only slow down.
     """
+    scratch = scratch or {}
     t = graph.tensors
     candidates, stored = [], 0
     for op in graph.operators:
@@ -371,7 +390,8 @@ def _dense_layers(graph: Graph, allowed_bytes: float) -> frozenset[int]:
             extra = w.size - smallest
             listed = (op.name == "CONV_2D" and w.shape[1:3] == (1, 1) and shift is not None and shift >= 2
                       and np.mean(w.data == 0) >= _LISTED_DENSE_BELOW)
-            if extra > 0 and not listed:
+            if extra > 0 and not listed and not _im2col_sparse(op, t, shift, scratch.get(op.index, (0, 0))[1]) \
+                    and _has_partial_rows(w.data, shift):
                 pixels = int(np.prod(t[op.outputs[0]].shape[1:-1], dtype=np.int64)) or 1
                 candidates.append((int(np.count_nonzero(w.data)) * pixels / extra, extra, op.index))
         elif op.name == "DEPTHWISE_CONV_2D":
@@ -383,6 +403,48 @@ def _dense_layers(graph: Graph, allowed_bytes: float) -> frozenset[int]:
             chosen.add(index)
             allowance -= extra
     return frozenset(chosen)
+
+
+_IM2COL_INSIDE_AT_LEAST = 0.75  # share of window taps inside the input for which copying windows pays
+
+
+def _inside_taps(out: int, size: int, kernel: int, stride: int, dilation: int, pad: int) -> list[int]:
+    """Per output index along one axis, how many of the kernel's taps fall inside the input."""
+    return [sum(0 <= o * stride - pad + k * dilation < size for k in range(kernel)) for o in range(out)]
+
+
+def _im2col_sparse(op: Operator, t: dict, shift: int | None, scratch_bytes: int) -> bool:
+    """Whether a block-sparse CONV_2D takes the fast kernels' im2col path (aot_conv_impl.h's
+    conv_im2col_sparse): blocks of 8 or more that straddle the window's runs, and scratch for two
+    patches."""
+    if op.name != "CONV_2D" or shift is None or shift < 3:
+        return False
+    w, o = t[op.inputs[1]], op.options
+    _, kh, kw, ic = w.shape
+    if kh == kw == 1 and o["padding"] != PADDING_SAME or t[op.outputs[0]].shape[1:3] == (1, 1):
+        return False  # contiguous windows: the listed path
+    run_len = kw * ic if o.get("dilationWFactor", 1) == 1 else ic
+    k = kh * kw * ic
+    if run_len % (1 << shift) == 0 or k <= 1 << shift or 2 * ((k + 3) & ~3) > scratch_bytes:
+        return False  # aligned blocks, or one block a row (a live filter runs dense, a dead one is constant)
+    (_, ih, iw, _), (_, oh, ow, _) = t[op.inputs[0]].shape, t[op.outputs[0]].shape
+    dh, dw = o.get("dilationHFactor", 1), o.get("dilationWFactor", 1)
+    inside_y = _inside_taps(oh, ih, kh, o["strideH"], dh, _padding(o["padding"], o["strideH"], dh, ih, kh, oh))
+    inside_x = _inside_taps(ow, iw, kw, o["strideW"], dw, _padding(o["padding"], o["strideW"], dw, iw, kw, ow))
+    return sum(inside_y) * sum(inside_x) / (oh * kh * ow * kw) >= _IM2COL_INSIDE_AT_LEAST
+
+
+def _has_partial_rows(kernel: np.ndarray, shift: int | None) -> bool:
+    """Whether some row of ``kernel`` has both stored and pruned blocks of 2^shift weights.
+
+    Only such rows run faster dense: a row whose blocks are all stored already runs the dense
+    paths, and one with none is a constant, which dense storage would compute in full.
+    """
+    if shift is None:
+        return True
+    rows = kernel.reshape(kernel.shape[0], -1)
+    stored, _ = _block_bitmap(rows, shift)
+    return bool(np.any(stored.any(axis=1) & ~stored.all(axis=1)))
 
 
 def _describe(graph: Graph, op: Operator) -> str:

@@ -39,13 +39,19 @@ LAYERS = {
                      ("depthwise", dict(kernel_size=3, depth_multiplier=1, padding="same"), 0.0)],
     # the arena's peak is this layer's input and output, so no free byte is left for a block list:
     # its rows of nine 16-weight blocks are walked from a register
+    # (each block is one tap's 16 channels: on the M4, border outputs take their inside blocks
+    # whole and pairs of outputs share each weight load)
     "peak_sparse": [("conv", dict(filters=32, kernel_size=3, padding="same"), 0.8)],
+    # the same at the peak, but 16-weight blocks that straddle taps of 24 channels (a run of two taps
+    # is three blocks): the register walk with border outputs clipped per block
+    "peak_two_taps": [("conv", dict(filters=16, kernel_size=2, padding="same"), 0.85)],
 }
-INPUTS = {"padded": (9, 7, 3), "strided_dilated": (13, 12, 5), "blocks_of_16": (16, 16, 2), "peak_sparse": (8, 8, 16)}
-BLOCK = {"padded": 4, "strided_dilated": 4, "blocks_of_16": 16, "peak_sparse": 16}
+INPUTS = {"padded": (9, 7, 3), "strided_dilated": (13, 12, 5), "blocks_of_16": (16, 16, 2), "peak_sparse": (8, 8, 16),
+          "peak_two_taps": (8, 8, 24)}
+BLOCK = {"padded": 4, "strided_dilated": 4, "blocks_of_16": 16, "peak_sparse": 16, "peak_two_taps": 16}
 RANDOM_SEEDS = range(8)
 _CONV_PARAMS = re.compile(r"aot_conv_params op\d+ = \{([-\d, ]+), [-\d]+, [-\d]+, [-\d]+, [-\d]+, "
-                          r"op\d+_multiplier, .*?\{op\d+_values, (\w+), (\d+), (\d)\}\};")
+                          r"op\d+_multiplier, .*?\{op\d+_values, (\w+), (\d+), (\d)\}(?:, \w+, (\d))?\};")
 _CONV_CALLS = re.compile(r"AOT_CONV2D\((op\d+), [^,]+, [^,]+, [^,]+, (\d+)\)")
 
 
@@ -85,13 +91,14 @@ def _random_case(seed: int) -> tuple[tuple[int, int, int], list[tuple[str, dict,
 def _sparse_paths(source: str) -> list[str]:
     """How the fast CONV_2D kernel runs each block-sparse layer of generated code (aot_conv_impl.h's
     tests, on the layer's constants): rows expanded into scratch and run dense, blocks listed in
-    scratch once per row (as window offsets, or as starts in a contiguous window), the row's bitmap
-    held in a register (rows of up to 32 blocks), or the bitmap walked."""
+    scratch once per row (as window offsets, or as starts in a contiguous window), windows copied
+    into scratch (im2col), the row's bitmap held in a register (rows of up to 32 blocks; "masked
+    taps" where each block lies within one tap, on the M4), or the bitmap walked."""
     scratch = dict(_CONV_CALLS.findall(source))
     paths = []
     for match in _CONV_PARAMS.finditer(source):
         ih, iw, ic, oh, ow, oc, kh, kw, sh, sw, dh, dw, ph, pw, _ = (int(v) for v in match[1].split(", "))
-        bitmap, k, shift = match[2], int(match[3]), int(match[4])
+        bitmap, k, shift, im2col = match[2], int(match[3]), int(match[4]), match[5] == "1"
         name = match[0].split(" = ")[0].split()[-1]
         room = int(scratch[name])
         if bitmap == "0":
@@ -102,12 +109,14 @@ def _sparse_paths(source: str) -> list[str]:
             oh == ow == 1 and (ih, iw) == (kh, kw) and ph == pw == 0 and dh == dw == 1)
         if contiguous and shift >= 2 and 2 * (k >> shift) <= room:
             paths.append("listed contiguous")
+        elif im2col and 2 * ((k + 3) & ~3) <= room:
+            paths.append("im2col")
         elif 2 * k <= room and oh * ow >= 4 and shift < 3:
             paths.append("expanded")
         elif run_len % (1 << shift) == 0 and not contiguous and 6 * blocks <= room and run_len < 256:
             paths.append("listed")
         elif run_len % (1 << shift) == 0 and not contiguous and blocks <= 32:
-            paths.append("masked")
+            paths.append("masked taps" if ic % (1 << shift) == 0 else "masked")
         else:
             paths.append("walked")
     return paths
@@ -201,6 +210,6 @@ def test_the_kernel_models_reach_every_sparse_path_block_size_and_layer_kind():
                             "multiplier" if o.get("depth_multiplier", 1) > 1 else "",
                             "odd channels" if o.get("filters", 2) % 2 else ""}
     assert shifts == {0, 1, 2, 3, 4}
-    assert paths == {"expanded", "listed", "listed contiguous", "masked", "walked"}
+    assert paths == {"expanded", "listed", "listed contiguous", "im2col", "masked", "masked taps", "walked"}
     assert {"conv", "sparse conv", "depthwise", "pool", "same", "valid", "strided", "dilated", "multiplier",
             "odd channels"} <= options

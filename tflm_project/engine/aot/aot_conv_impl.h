@@ -230,6 +230,88 @@ static inline __attribute__((always_inline)) int32_t masked_border(const patch_s
   return acc;
 }
 
+/* Whether every block of the layer lies within one tap (the block size divides the input
+ * channels): a block is then wholly inside the input or wholly over the padding. */
+static inline __attribute__((always_inline)) int tap_aligned(const patch_shape* s) {
+  return s->p->in_c % (1 << s->p->weights.block_shift) == 0;
+}
+
+/* For a tap-aligned row: the blocks of the window at (y0, x0) that lie inside the input, as a mask
+ * over the row's blocks (taps in kernel order, in_c / block blocks each). */
+static inline __attribute__((always_inline)) uint32_t inside_blocks(const patch_shape* s, int y0, int x0) {
+  const aot_conv_params* p = s->p;
+  const int32_t per_tap = p->in_c >> p->weights.block_shift;
+  const uint32_t tap_bits = per_tap >= 32 ? 0xffffffffu : (1u << per_tap) - 1u;
+  uint32_t row_bits = 0; /* the taps of one kernel row inside in x */
+  for (int kx = 0; kx < p->kernel_w; ++kx) {
+    const int x = x0 + kx * p->dilation_w;
+    if (x >= 0 && x < p->in_w) row_bits |= tap_bits << (kx * per_tap);
+  }
+  uint32_t inside = 0;
+  for (int ky = 0; ky < p->kernel_h; ++ky) {
+    const int y = y0 + ky * p->dilation_h;
+    if (y >= 0 && y < p->in_h) inside |= row_bits << (ky * p->kernel_w * per_tap);
+  }
+  return inside;
+}
+
+/* Where block b of a tap-aligned row starts in the window, from the window's first byte. */
+static inline __attribute__((always_inline)) int32_t block_offset(const patch_shape* s, int32_t b) {
+  const aot_conv_params* p = s->p;
+  const int32_t per_tap = p->in_c >> p->weights.block_shift;
+  const int32_t tap = b / per_tap, ky = tap / p->kernel_w, kx = tap - ky * p->kernel_w;
+  return (ky * p->dilation_h * p->in_w + kx * p->dilation_w) * p->in_c +
+         ((b - tap * per_tap) << p->weights.block_shift);
+}
+
+/* Border output of a tap-aligned row held in `mask`, from the unfolded bias: the stored blocks
+ * inside the input, whole, with the offset applied to what they read; the rest are skipped. */
+static inline __attribute__((always_inline)) int32_t masked_border_taps(const patch_shape* s, const int8_t* w,
+                                                                        uint32_t mask, const int8_t* input,
+                                                                        int y0, int x0, int32_t acc) {
+  const aot_conv_params* p = s->p;
+  const int32_t block = 1 << p->weights.block_shift;
+  const uint32_t inside = inside_blocks(s, y0, x0);
+  const int8_t* window = input + (y0 * p->in_w + x0) * p->in_c; /* read only inside the input */
+  for (uint32_t left = mask; left; left &= left - 1, w += block) {
+    const int32_t b = __builtin_ctz(left);
+    if ((inside >> b) & 1u) acc = dot_s8_offset(w, window + block_offset(s, b), block, p->input_offset, acc);
+  }
+  return acc;
+}
+
+/* Two interior outputs of a tap-aligned row held in `mask`, their windows at `x0` and `x1`: each
+ * stored block's weights loaded once for both. */
+static inline __attribute__((always_inline)) void masked_interior2(const patch_shape* s, const int8_t* w,
+                                                                   uint32_t mask, const int8_t* x0,
+                                                                   const int8_t* x1, int32_t* a0, int32_t* a1) {
+  const int32_t block = 1 << s->p->weights.block_shift;
+  for (uint32_t left = mask; left; left &= left - 1, w += block) {
+    const int32_t offset = block_offset(s, __builtin_ctz(left));
+    dot2_s8(x0 + offset, x1 + offset, w, block, a0, a1);
+  }
+}
+
+/* Two outputs of a tap-aligned row held in `mask` whose windows, at (y0, x0) and one stride to the
+ * right, have the same blocks inside the input (along a top or bottom border), from the unfolded
+ * bias: each stored block inside is one pass over its weights for both. */
+static inline __attribute__((always_inline)) void masked_border_pair(const patch_shape* s, const int8_t* w,
+                                                                     uint32_t mask, const int8_t* input, int y0,
+                                                                     int x0, int32_t* a0, int32_t* a1) {
+  const aot_conv_params* p = s->p;
+  const int32_t block = 1 << p->weights.block_shift;
+  const uint32_t inside = mask & inside_blocks(s, y0, x0);
+  const int8_t* window = input + (y0 * p->in_w + x0) * p->in_c; /* read only inside the input */
+  const int8_t* next = window + p->stride_w * p->in_c;
+  for (uint32_t left = mask; left; left &= left - 1, w += block) {
+    const int32_t b = __builtin_ctz(left);
+    if ((inside >> b) & 1u) {
+      const int32_t offset = block_offset(s, b);
+      dot_s8_offset_x2(window + offset, next + offset, w, block, p->input_offset, a0, a1);
+    }
+  }
+}
+
 /* Blocks in a row of the layer's kernel. */
 static inline int32_t k_blocks(const patch_shape* s) {
   return ((s->p->weights.row_len - 1) >> s->p->weights.block_shift) + 1;
@@ -323,8 +405,8 @@ static inline __attribute__((always_inline)) void conv_two_rows(const patch_shap
   const int32_t bias0 = p->bias ? p->bias[oc] : 0, bias1 = p->bias ? p->bias[oc + 1] : 0;
   /* the biases without the folded offset, for border outputs (if the layer has any) */
   const int any_border = box->oy_lo > 0 || box->oy_hi < p->out_h - 1 || box->ox_lo > 0 || box->ox_hi < p->out_w - 1;
-  const int32_t border0 = any_border ? bias0 - p->input_offset * sum_s8(rows, k, 0) : 0;
-  const int32_t border1 = any_border ? bias1 - p->input_offset * sum_s8(rows + k, k, 0) : 0;
+  const int32_t border0 = !any_border ? 0 : p->border_bias ? p->border_bias[oc] : bias0 - p->input_offset * sum_s8(rows, k, 0);
+  const int32_t border1 = !any_border ? 0 : p->border_bias ? p->border_bias[oc + 1] : bias1 - p->input_offset * sum_s8(rows + k, k, 0);
   const requant_t q0 = requant_of(p->multiplier[oc], p->shift[oc]);
   const requant_t q1 = requant_of(p->multiplier[oc + 1], p->shift[oc + 1]);
   int8_t* out = output + oc;
@@ -357,7 +439,8 @@ static inline __attribute__((always_inline)) void conv_one_row(const patch_shape
   const aot_conv_params* p = s->p;
   const int32_t bias = p->bias ? p->bias[oc] : 0;
   const int any_border = box->oy_lo > 0 || box->oy_hi < p->out_h - 1 || box->ox_lo > 0 || box->ox_hi < p->out_w - 1;
-  const int32_t border_bias = any_border ? bias - p->input_offset * sum_s8(values, (int32_t)(end - values), 0) : 0;
+  const int32_t border_bias = !any_border ? 0 : p->border_bias ? p->border_bias[oc]
+                             : bias - p->input_offset * sum_s8(values, (int32_t)(end - values), 0);
   const int aligned = s->run_len % (1 << p->weights.block_shift) == 0;
   const requant_t q = requant_of(p->multiplier[oc], p->shift[oc]);
   int8_t* out = output + oc;
@@ -395,6 +478,40 @@ static inline __attribute__((always_inline)) void conv_one_row(const patch_shape
     for (int32_t byte = 0; byte < (blocks + 7) / 8; ++byte) mask |= (uint32_t)bits[byte] << (8 * byte);
     if (blocks < 32) mask &= (1u << blocks) - 1u;
   }
+  /* A tap-aligned row from a register: two outputs at a time where both windows are inside in x
+   * (their inside blocks are then the same), the others by their inside blocks (CLZ finds the next
+   * stored block: the M4's path; the M0 walks the bits below). */
+#if defined(__ARM_FEATURE_CLZ) && __ARM_FEATURE_CLZ
+  if (masked && tap_aligned(s)) {
+    for (int oy = 0; oy < p->out_h; ++oy) {
+      const int y0 = oy * p->stride_h - p->pad_h;
+      const int inside_y = oy >= box->oy_lo && oy <= box->oy_hi;
+      for (int ox = 0; ox < p->out_w; ++ox, out += p->out_c) {
+        const int x0 = ox * p->stride_w - p->pad_w;
+        const int8_t* window = input + (y0 * p->in_w + x0) * p->in_c;
+        if (ox >= box->ox_lo && ox < box->ox_hi) { /* this output and the next, inside in x */
+          int32_t a0, a1;
+          if (inside_y) {
+            a0 = a1 = bias;
+            masked_interior2(s, values, mask, window, window + p->stride_w * p->in_c, &a0, &a1);
+          } else {
+            a0 = a1 = border_bias;
+            masked_border_pair(s, values, mask, input, y0, x0, &a0, &a1);
+          }
+          out[0] = clamp_s8(requant_apply(&q, a0) + p->output_offset, p->act_min, p->act_max);
+          out += p->out_c, ++ox;
+          *out = clamp_s8(requant_apply(&q, a1) + p->output_offset, p->act_min, p->act_max);
+          continue;
+        }
+        const int32_t acc = inside_y && ox >= box->ox_lo && ox <= box->ox_hi
+                                ? masked_interior(s, values, mask, window, bias)
+                                : masked_border_taps(s, values, mask, input, y0, x0, border_bias);
+        *out = clamp_s8(requant_apply(&q, acc) + p->output_offset, p->act_min, p->act_max);
+      }
+    }
+    return;
+  }
+#endif
   for (int oy = 0; oy < p->out_h; ++oy) {
     const int y0 = oy * p->stride_h - p->pad_h;
     const int inside_y = oy >= box->oy_lo && oy <= box->oy_hi;
@@ -524,6 +641,90 @@ static inline __attribute__((always_inline)) void conv_contiguous_dense2(const p
   }
 }
 
+/* Copies the window at (y0, x0) into `patch` in the kernel's order (row_len bytes), the padding
+ * as the input's zero point, so that with the folded bias it adds nothing. */
+static inline __attribute__((always_inline)) void im2col_patch(const patch_shape* s, const int8_t* input, int y0,
+                                                               int x0, int8_t* patch) {
+  const int8_t pad = (int8_t)(-s->p->input_offset);
+  for (int32_t r = 0; r < s->runs; ++r, patch += s->run_len) {
+    int32_t lo, hi;
+    const int8_t* start;
+    run_at(s, input, y0, x0, r, &lo, &hi, &start);
+    if (lo == 0 && hi == s->run_len) {
+      memcpy(patch, start, (size_t)s->run_len); /* a constant length: inlined */
+      continue;
+    }
+    if (hi < lo) hi = lo;
+    for (int32_t i = 0; i < lo; ++i) patch[i] = pad;
+    for (int32_t i = lo; i < hi; ++i) patch[i] = start[i];
+    for (int32_t i = hi; i < s->run_len; ++i) patch[i] = pad;
+  }
+}
+
+/* acc0 += w . x0 and acc1 += w . x1 over the stored blocks of one block-sparse row whose bitmap
+ * is `bits`, against two contiguous patches: each stored block is one pass over its weights for
+ * both; returns the next row's values. */
+static inline __attribute__((always_inline)) const int8_t* sparse_row_pair(const aot_weights* weights,
+                                                                           const int8_t* w, const uint8_t* bits,
+                                                                           const int8_t* x0, const int8_t* x1,
+                                                                           int32_t* a0, int32_t* a1) {
+  const int32_t block = 1 << weights->block_shift;
+  const int32_t blocks = ((weights->row_len - 1) >> weights->block_shift) + 1;
+  const int32_t last = blocks - 1, tail = weights->row_len - last * block; /* the last block's length */
+  for (int32_t byte = 0; byte < (blocks + 7) / 8; ++byte) {
+#if defined(__ARM_FEATURE_CLZ) && __ARM_FEATURE_CLZ
+    for (uint32_t m = bits[byte]; m; m &= m - 1) {
+      const int32_t b = 8 * byte + __builtin_ctz(m);
+#else
+    for (uint32_t m = bits[byte], j = 0; m; m >>= 1, ++j) {
+      if (!(m & 1u)) continue;
+      const int32_t b = 8 * byte + (int32_t)j;
+#endif
+      if (tail != block && b == last) {
+        dot2_s8(x0 + b * block, x1 + b * block, w, tail, a0, a1);
+        w += tail;
+      } else {
+        dot2_s8(x0 + b * block, x1 + b * block, w, block, a0, a1);
+        w += block;
+      }
+    }
+  }
+  return w;
+}
+
+/* A block-sparse layer whose blocks straddle the window's runs: two outputs' windows copied into
+ * scratch as contiguous patches (im2col), then every output channel from its stored blocks, each
+ * block's weights loaded once for both outputs; no output is a border output any more. */
+static inline __attribute__((always_inline)) void conv_im2col_sparse(const patch_shape* s, const int8_t* input,
+                                                                     int8_t* output) {
+  const aot_conv_params* p = s->p;
+  const int32_t k = p->weights.row_len;
+  const int32_t bitmap_row = ((((k - 1) >> p->weights.block_shift) + 1) + 7) / 8;
+  int8_t* patch0 = s->scratch;
+  int8_t* patch1 = s->scratch + ((k + 3) & ~3);
+  const int32_t pixels = p->out_h * p->out_w;
+  for (int32_t i = 0; i < pixels; i += 2) {
+    const int two = i + 1 < pixels;
+    const int oy = i / p->out_w, ox = i - oy * p->out_w;
+    im2col_patch(s, input, oy * p->stride_h - p->pad_h, ox * p->stride_w - p->pad_w, patch0);
+    if (two) {
+      const int oy1 = ox + 1 < p->out_w ? oy : oy + 1, ox1 = ox + 1 < p->out_w ? ox + 1 : 0;
+      im2col_patch(s, input, oy1 * p->stride_h - p->pad_h, ox1 * p->stride_w - p->pad_w, patch1);
+    }
+    const int8_t* x1 = two ? patch1 : patch0;
+    const int8_t* w = p->weights.values;
+    const uint8_t* bits = p->weights.bitmap;
+    int8_t* out = output + i * p->out_c;
+    for (int oc = 0; oc < p->out_c; ++oc, bits += bitmap_row) {
+      int32_t a0 = p->bias ? p->bias[oc] : 0, a1 = a0;
+      w = sparse_row_pair(&p->weights, w, bits, patch0, x1, &a0, &a1);
+      const requant_t q = requant_of(p->multiplier[oc], p->shift[oc]);
+      out[oc] = clamp_s8(requant_apply(&q, a0) + p->output_offset, p->act_min, p->act_max);
+      if (two) out[p->out_c + oc] = clamp_s8(requant_apply(&q, a1) + p->output_offset, p->act_min, p->act_max);
+    }
+  }
+}
+
 static inline __attribute__((always_inline)) void aot_conv2d_inline(const aot_conv_params* p,
                                                                     const int8_t* input, int8_t* output,
                                                                     int8_t* scratch, int32_t scratch_bytes) {
@@ -572,6 +773,11 @@ static inline __attribute__((always_inline)) void aot_conv2d_inline(const aot_co
     }
     return;
   }
+  /* Blocks that straddle the window's runs, little padding, room for two patches: im2col. */
+  if (p->im2col && 2 * ((k + 3) & ~3) <= s.scratch_bytes) {
+    conv_im2col_sparse(&s, input, output);
+    return;
+  }
   /* Short rows of small blocks (under 8 weights, where a block test costs about what it saves):
    * expanded, zeros included, and run through the dense paths. Rows of 8- and 16-weight blocks,
    * as the search prunes them, are walked block by block, so a pruned block costs no time. */
@@ -595,10 +801,22 @@ static inline __attribute__((always_inline)) void aot_conv2d_inline(const aot_co
     }
     return;
   }
-  for (; oc < p->out_c; ++oc, bits += bitmap_row) {
+  /* Row by row; a row whose every block is stored is a dense row (a kernel row shorter than one
+   * block is all or nothing: a live filter or a pruned-away one), and two such rows in a row are
+   * two dense rows side by side in flash, run two output channels per pass. */
+  while (oc < p->out_c) {
     const int8_t* end = aot_row_end(weights, values, bits);
-    conv_one_row(&s, &box, values, end, bits, contiguous, oc, input, output);
-    values = end;
+    if (end - values == k && oc + 1 < p->out_c && aot_row_end(weights, end, bits + bitmap_row) - end == k) {
+      if (contiguous && p->out_h * p->out_w > 1) {
+        conv_contiguous_dense2(&s, values, oc, input, output);
+      } else {
+        conv_two_rows(&s, &box, values, oc, input, output);
+      }
+      values = end + k, bits += 2 * bitmap_row, oc += 2;
+      continue;
+    }
+    conv_one_row(&s, &box, values, end, end - values == k ? 0 : bits, contiguous, oc, input, output);
+    values = end, bits += bitmap_row, ++oc;
   }
 }
 

@@ -201,6 +201,35 @@ static inline __attribute__((always_inline)) void dot2_s8_offset(const int8_t* w
   *acc1 = a1;
 }
 
+/* One row against two inputs, the input offset applied to each input read: a0 += w . (x0 + offset)
+ * and a1 += w . (x1 + offset), each weight loaded once. */
+static inline __attribute__((always_inline)) void dot_s8_offset_x2(const int8_t* x0, const int8_t* x1,
+                                                                   const int8_t* w, int32_t n, int32_t offset,
+                                                                   int32_t* acc0, int32_t* acc1) {
+  int32_t a0 = *acc0, a1 = *acc1;
+#if defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
+  const uint32_t offsets = ((uint32_t)offset & 0xffffu) | ((uint32_t)offset << 16);
+  for (; n >= 4; n -= 4, w += 4, x0 += 4, x1 += 4) {
+    uint32_t wv, u, v;
+    memcpy(&wv, w, 4);
+    memcpy(&u, x0, 4);
+    memcpy(&v, x1, 4);
+    const uint32_t w02 = __sxtb16(wv), w13 = sxtb16_odd(wv);
+    a0 = __smlad(w02, __sadd16(__sxtb16(u), offsets), a0);
+    a0 = __smlad(w13, __sadd16(sxtb16_odd(u), offsets), a0);
+    a1 = __smlad(w02, __sadd16(__sxtb16(v), offsets), a1);
+    a1 = __smlad(w13, __sadd16(sxtb16_odd(v), offsets), a1);
+  }
+#endif
+  for (; n > 0; --n) {
+    const int32_t wi = *w++;
+    a0 += wi * ((int32_t)(*x0++) + offset);
+    a1 += wi * ((int32_t)(*x1++) + offset);
+  }
+  *acc0 = a0;
+  *acc1 = a1;
+}
+
 /* First output index whose window starts at or after 0, and last whose window ends inside. */
 static inline __attribute__((always_inline)) void interior(int out, int in, int kernel, int stride, int dilation, int pad, int* lo, int* hi) {
   *lo = (pad + stride - 1) / stride;
