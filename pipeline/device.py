@@ -247,6 +247,9 @@ def _wait_ready(link: Any, board: Board) -> str:
     except _NoReply:
         link.write(b"\nS\n")
         line = _read_line(link, READY_TIMEOUT_S / 2, "the firmware's READY line")
+        # a READY line cut by the first timeout (a loaded host) ends first; the STATS reply follows it
+        if not (line.startswith("READY") or line.startswith("STATS")):
+            line = _read_line(link, READY_TIMEOUT_S / 2, "the firmware's READY line")
     if not (line.startswith("READY") or line.startswith("STATS")):
         raise UserError(f"{board.name} sent {line[:60]!r} instead of READY: is this the right port?")
     return line
