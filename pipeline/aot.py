@@ -415,13 +415,14 @@ def _inside_taps(out: int, size: int, kernel: int, stride: int, dilation: int, p
 
 def _im2col_sparse(op: Operator, t: dict, shift: int | None, scratch_bytes: int) -> bool:
     """Whether a block-sparse CONV_2D takes the fast kernels' im2col path (aot_conv_impl.h's
-    conv_im2col_sparse): blocks of 8 or more that straddle the window's runs, and scratch for two
-    patches."""
+    conv_im2col_sparse): blocks of 8 or more that straddle the window's runs, more than one block
+    a row, at least _IM2COL_INSIDE_AT_LEAST of the window taps inside the input (the patches
+    multiply the padding too), and scratch for two patches."""
     if op.name != "CONV_2D" or shift is None or shift < 3:
         return False
     w, o = t[op.inputs[1]], op.options
     _, kh, kw, ic = w.shape
-    if kh == kw == 1 and o["padding"] != PADDING_SAME or t[op.outputs[0]].shape[1:3] == (1, 1):
+    if kh == kw == 1 or t[op.outputs[0]].shape[1:3] == (1, 1):
         return False  # contiguous windows: the listed path
     run_len = kw * ic if o.get("dilationWFactor", 1) == 1 else ic
     k = kh * kw * ic
