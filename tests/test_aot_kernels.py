@@ -39,16 +39,18 @@ LAYERS = {
                      ("depthwise", dict(kernel_size=3, depth_multiplier=1, padding="same"), 0.0)],
     # the arena's peak is this layer's input and output, so no free byte is left for a block list:
     # its rows of nine 16-weight blocks are walked from a register
-    # (each block is one tap's 16 channels: on the M4, border outputs take their inside blocks
+    # (each block is one tap's 16 channels: border outputs take their inside blocks
     # whole and pairs of outputs share each weight load)
     "peak_sparse": [("conv", dict(filters=32, kernel_size=3, padding="same"), 0.8)],
+    # the same with a dilated kernel: the next block's window offset jumps by the dilation
+    "peak_dilated": [("conv", dict(filters=16, kernel_size=3, dilation_rate=2, padding="same"), 0.8)],
     # the same at the peak, but 16-weight blocks that straddle taps of 24 channels (a run of two taps
     # is three blocks): the register walk with border outputs clipped per block
     "peak_two_taps": [("conv", dict(filters=16, kernel_size=2, padding="same"), 0.85)],
 }
 INPUTS = {"padded": (9, 7, 3), "strided_dilated": (13, 12, 5), "blocks_of_16": (16, 16, 2), "peak_sparse": (8, 8, 16),
-          "peak_two_taps": (8, 8, 24)}
-BLOCK = {"padded": 4, "strided_dilated": 4, "blocks_of_16": 16, "peak_sparse": 16, "peak_two_taps": 16}
+          "peak_two_taps": (8, 8, 24), "peak_dilated": (8, 8, 16)}
+BLOCK = {"padded": 4, "strided_dilated": 4, "blocks_of_16": 16, "peak_sparse": 16, "peak_two_taps": 16, "peak_dilated": 16}
 RANDOM_SEEDS = range(8)
 _CONV_PARAMS = re.compile(r"aot_conv_params op\d+ = \{([-\d, ]+), [-\d]+, [-\d]+, [-\d]+, [-\d]+, "
                           r"op\d+_multiplier, .*?\{op\d+_values, (\w+), (\d+), (\d)\}(?:, \w+, (\d))?\};")
@@ -93,7 +95,7 @@ def _sparse_paths(source: str) -> list[str]:
     tests, on the layer's constants): rows expanded into scratch and run dense, blocks listed in
     scratch once per row (as window offsets, or as starts in a contiguous window), windows copied
     into scratch (im2col), the row's bitmap held in a register (rows of up to 32 blocks; "masked
-    taps" where each block lies within one tap, on the M4), or the bitmap walked."""
+    taps" where each block lies within one tap), or the bitmap walked."""
     scratch = dict(_CONV_CALLS.findall(source))
     paths = []
     for match in _CONV_PARAMS.finditer(source):

@@ -264,6 +264,41 @@ static inline __attribute__((always_inline)) int32_t block_offset(const patch_sh
          ((b - tap * per_tap) << p->weights.block_shift);
 }
 
+/* Runs its body once per set bit of `mask` (a tap-aligned row's stored blocks), in order, with `b`
+ * the block and `offset` where it starts in the window. On the M4 the next block is one RBIT and
+ * one CLZ, and its offset a few multiplies; the M0 has no CLZ and no divider, so it steps through
+ * the bits keeping the offset as it goes, all steps layer constants. */
+#if defined(__ARM_FEATURE_CLZ) && __ARM_FEATURE_CLZ
+#define TAP_BLOCKS(s, mask, b, offset, ...)                   \
+  for (uint32_t left_ = (mask); left_; left_ &= left_ - 1) { \
+    const int32_t b = __builtin_ctz(left_);                   \
+    const int32_t offset = block_offset((s), b);              \
+    (void)b;                                                  \
+    __VA_ARGS__                                               \
+  }
+#else
+#define TAP_BLOCKS(s, mask, b, offset, ...)                                                         \
+  do {                                                                                              \
+    const aot_conv_params* tp_ = (s)->p;                                                            \
+    const int32_t per_tap_ = tp_->in_c >> tp_->weights.block_shift;                                 \
+    int32_t b = 0, offset = 0, in_tap_ = 0, kx_ = 0;                                                \
+    for (uint32_t left_ = (mask); left_; left_ >>= 1, ++b) {                                        \
+      if (left_ & 1u) {                                                                             \
+        __VA_ARGS__                                                                                 \
+      }                                                                                             \
+      offset += 1 << tp_->weights.block_shift;                                                      \
+      if (++in_tap_ == per_tap_) { /* the next tap, and at a kernel row's end the next row */      \
+        in_tap_ = 0;                                                                                \
+        offset += (tp_->dilation_w - 1) * tp_->in_c;                                                \
+        if (++kx_ == tp_->kernel_w) {                                                               \
+          kx_ = 0;                                                                                  \
+          offset += (tp_->dilation_h * tp_->in_w - tp_->kernel_w * tp_->dilation_w) * tp_->in_c;  \
+        }                                                                                           \
+      }                                                                                             \
+    }                                                                                               \
+  } while (0)
+#endif
+
 /* Border output of a tap-aligned row held in `mask`, from the unfolded bias: the stored blocks
  * inside the input, whole, with the offset applied to what they read; the rest are skipped. */
 static inline __attribute__((always_inline)) int32_t masked_border_taps(const patch_shape* s, const int8_t* w,
@@ -273,10 +308,10 @@ static inline __attribute__((always_inline)) int32_t masked_border_taps(const pa
   const int32_t block = 1 << p->weights.block_shift;
   const uint32_t inside = inside_blocks(s, y0, x0);
   const int8_t* window = input + (y0 * p->in_w + x0) * p->in_c; /* read only inside the input */
-  for (uint32_t left = mask; left; left &= left - 1, w += block) {
-    const int32_t b = __builtin_ctz(left);
-    if ((inside >> b) & 1u) acc = dot_s8_offset(w, window + block_offset(s, b), block, p->input_offset, acc);
-  }
+  TAP_BLOCKS(s, mask, b, offset, {
+    if ((inside >> b) & 1u) acc = dot_s8_offset(w, window + offset, block, p->input_offset, acc);
+    w += block;
+  });
   return acc;
 }
 
@@ -286,10 +321,10 @@ static inline __attribute__((always_inline)) void masked_interior2(const patch_s
                                                                    uint32_t mask, const int8_t* x0,
                                                                    const int8_t* x1, int32_t* a0, int32_t* a1) {
   const int32_t block = 1 << s->p->weights.block_shift;
-  for (uint32_t left = mask; left; left &= left - 1, w += block) {
-    const int32_t offset = block_offset(s, __builtin_ctz(left));
+  TAP_BLOCKS(s, mask, b, offset, {
     dot2_s8(x0 + offset, x1 + offset, w, block, a0, a1);
-  }
+    w += block;
+  });
 }
 
 /* Two outputs of a tap-aligned row held in `mask` whose windows, at (y0, x0) and one stride to the
@@ -303,13 +338,10 @@ static inline __attribute__((always_inline)) void masked_border_pair(const patch
   const uint32_t inside = mask & inside_blocks(s, y0, x0);
   const int8_t* window = input + (y0 * p->in_w + x0) * p->in_c; /* read only inside the input */
   const int8_t* next = window + p->stride_w * p->in_c;
-  for (uint32_t left = mask; left; left &= left - 1, w += block) {
-    const int32_t b = __builtin_ctz(left);
-    if ((inside >> b) & 1u) {
-      const int32_t offset = block_offset(s, b);
-      dot_s8_offset_x2(window + offset, next + offset, w, block, p->input_offset, a0, a1);
-    }
-  }
+  TAP_BLOCKS(s, mask, b, offset, {
+    if ((inside >> b) & 1u) dot_s8_offset_x2(window + offset, next + offset, w, block, p->input_offset, a0, a1);
+    w += block;
+  });
 }
 
 /* Blocks in a row of the layer's kernel. */
@@ -479,9 +511,7 @@ static inline __attribute__((always_inline)) void conv_one_row(const patch_shape
     if (blocks < 32) mask &= (1u << blocks) - 1u;
   }
   /* A tap-aligned row from a register: two outputs at a time where both windows are inside in x
-   * (their inside blocks are then the same), the others by their inside blocks (CLZ finds the next
-   * stored block: the M4's path; the M0 walks the bits below). */
-#if defined(__ARM_FEATURE_CLZ) && __ARM_FEATURE_CLZ
+   * (their inside blocks are then the same), the others by their inside blocks. */
   if (masked && tap_aligned(s)) {
     for (int oy = 0; oy < p->out_h; ++oy) {
       const int y0 = oy * p->stride_h - p->pad_h;
@@ -511,7 +541,6 @@ static inline __attribute__((always_inline)) void conv_one_row(const patch_shape
     }
     return;
   }
-#endif
   for (int oy = 0; oy < p->out_h; ++oy) {
     const int y0 = oy * p->stride_h - p->pad_h;
     const int inside_y = oy >= box->oy_lo && oy <= box->oy_hi;
