@@ -119,8 +119,9 @@ class _Emitter:
     def ptr(self, tensor: int) -> str:
         return f"arena + {self.offsets[tensor]}"
 
-    def weights(self, name: str, kernel: np.ndarray, dense: bool = False) -> str:
-        """Stores a [rows][k] kernel in its smallest format; returns the aot_weights initialiser.
+    def weights(self, name: str, kernel: np.ndarray, dense: bool = False) -> tuple[str, int | None]:
+        """Stores a [rows][k] kernel in its smallest format (`_smallest_format`), or dense when
+        ``dense``; returns the aot_weights initialiser and the block shift (None: stored dense).
 
         Dense, or a block bitmap: each row cut into blocks of 2^shift weights,
         one bit per block, and the values of the blocks holding a nonzero.
@@ -128,24 +129,16 @@ class _Emitter:
         search prunes (pipeline.block_pruning).
         """
         rows = kernel.reshape(kernel.shape[0], -1)
-        best = (rows.size, None, None)
-        for shift in reversed(range(0 if dense else _MAX_BLOCK_SHIFT + 1)):  # ties: the larger blocks, faster
-            stored, bitmap = _block_bitmap(rows, shift)
-            size = bitmap.size + int(stored.sum())
-            if size < best[0]:
-                best = (size, shift, (stored, bitmap))
-        size, shift, sparse = best
+        size, shift = (rows.size, None) if dense else _smallest_format(rows)
         self.kernel_bytes += size
         k = rows.shape[1]
-        self.last_shift = None
-        if sparse is None:
+        if shift is None:
             self.arrays.append(_c_array("int8_t", f"{name}_values", rows))
-            return f"{{{name}_values, 0, {k}, 0}}"
-        stored, bitmap = sparse
+            return f"{{{name}_values, 0, {k}, 0}}", None
+        stored, bitmap = _block_bitmap(rows, shift)
         self.arrays.append(_c_array("uint8_t", f"{name}_bitmap", bitmap))
         self.arrays.append(_c_array("int8_t", f"{name}_values", rows[stored]))
-        self.last_shift = shift
-        return f"{{{name}_values, {name}_bitmap, {k}, {shift}}}"
+        return f"{{{name}_values, {name}_bitmap, {k}, {shift}}}", shift
 
     def requant(self, name: str, x: Tensor, w: Tensor, y: Tensor, bias: Tensor | None,
                 fold_input_offset: bool = False, depthwise: bool = False) -> str:
@@ -237,26 +230,26 @@ def _emit_op(emit: _Emitter, op: Operator) -> None:
         _, oh, ow, oc = y.shape
         lo, hi = _activation_range(o["fusedActivationFunction"], y)
         bias_ref = emit.requant(name, x, w, y, bias, fold_input_offset=True, depthwise=depthwise)
+        shift = None
         if depthwise:
             emit.arrays.append(_c_array("int8_t", f"{name}_values", w.data))
             emit.kernel_bytes += w.size
             weights = f"{{{name}_values, 0, {w.size}}}"
         else:
-            weights = emit.weights(name, w.data, op.index in emit.dense)
+            weights, shift = emit.weights(name, w.data, op.index in emit.dense)
         dh, dw = o.get("dilationHFactor", 1), o.get("dilationWFactor", 1)
         ph = _padding(o["padding"], o["strideH"], dh, ih, kh, oh)
         pw = _padding(o["padding"], o["strideW"], dw, iw, kw, ow)
         extra = ""
         if not depthwise:
-            inside_y = _inside_taps(oh, ih, kh, o["strideH"], dh, ph)
-            inside_x = _inside_taps(ow, iw, kw, o["strideW"], dw, pw)
+            inside_y, inside_x = _inside_taps(op, t)
             border_ref = "0"
             if min(inside_y) < kh or min(inside_x) < kw:  # border outputs: their bias, unfolded, as a constant
                 original = np.zeros(oc, np.int64) if bias is None or bias.data is None else bias.data
                 emit.arrays.append(_c_array("int32_t", f"{name}_border_bias", original))
                 emit.quant_bytes += 4 * oc
                 border_ref = f"{name}_border_bias"
-            im2col = _im2col_sparse(op, t, emit.last_shift, emit.scratch.get(op.index, (0, 0))[1])
+            im2col = _im2col_sparse(op, t, shift, emit.scratch.get(op.index, (0, 0))[1])
             extra = f", {border_ref}, {int(im2col)}"
         emit.arrays.append(
             f"static const aot_conv_params {name} = {{{ih}, {iw}, {ic}, {oh}, {ow}, {oc}, {kh}, {kw}, "
@@ -274,7 +267,7 @@ def _emit_op(emit: _Emitter, op: Operator) -> None:
         bias = t[op.inputs[2]] if len(op.inputs) > 2 and op.inputs[2] >= 0 else None
         lo, hi = _activation_range(o["fusedActivationFunction"], y)
         bias_ref = emit.requant(name, x, w, y, bias)
-        weights = emit.weights(name, w.data, op.index in emit.dense)
+        weights, _ = emit.weights(name, w.data, op.index in emit.dense)
         emit.arrays.append(
             f"static const aot_fc_params {name} = {{{w.shape[1]}, {w.shape[0]}, {-x.zero_point}, "
             f"{y.zero_point}, {lo}, {hi}, {name}_multiplier, {name}_shift, {int(len(w.scales) > 1)}, "
@@ -408,9 +401,18 @@ def _dense_layers(graph: Graph, allowed_bytes: float,
 _IM2COL_INSIDE_AT_LEAST = 0.75  # share of window taps inside the input for which copying windows pays
 
 
-def _inside_taps(out: int, size: int, kernel: int, stride: int, dilation: int, pad: int) -> list[int]:
-    """Per output index along one axis, how many of the kernel's taps fall inside the input."""
-    return [sum(0 <= o * stride - pad + k * dilation < size for k in range(kernel)) for o in range(out)]
+def _inside_taps(op: Operator, t: dict) -> tuple[list[int], list[int]]:
+    """For a CONV_2D or DEPTHWISE_CONV_2D: per output row, and per output column, how many of the
+    kernel's taps fall inside the input."""
+    (_, ih, iw, _), (_, oh, ow, _), o = t[op.inputs[0]].shape, t[op.outputs[0]].shape, op.options
+    _, kh, kw, _ = t[op.inputs[1]].shape
+
+    def axis(out: int, size: int, kernel: int, stride: int, dilation: int) -> list[int]:
+        pad = _padding(o["padding"], stride, dilation, size, kernel, out)
+        return [sum(0 <= i * stride - pad + k * dilation < size for k in range(kernel)) for i in range(out)]
+
+    return (axis(oh, ih, kh, o["strideH"], o.get("dilationHFactor", 1)),
+            axis(ow, iw, kw, o["strideW"], o.get("dilationWFactor", 1)))
 
 
 def _im2col_sparse(op: Operator, t: dict, shift: int | None, scratch_bytes: int) -> bool:
@@ -428,11 +430,8 @@ def _im2col_sparse(op: Operator, t: dict, shift: int | None, scratch_bytes: int)
     k = kh * kw * ic
     if run_len % (1 << shift) == 0 or k <= 1 << shift or 2 * ((k + 3) & ~3) > scratch_bytes:
         return False  # aligned blocks, or one block a row (a live filter runs dense, a dead one is constant)
-    (_, ih, iw, _), (_, oh, ow, _) = t[op.inputs[0]].shape, t[op.outputs[0]].shape
-    dh, dw = o.get("dilationHFactor", 1), o.get("dilationWFactor", 1)
-    inside_y = _inside_taps(oh, ih, kh, o["strideH"], dh, _padding(o["padding"], o["strideH"], dh, ih, kh, oh))
-    inside_x = _inside_taps(ow, iw, kw, o["strideW"], dw, _padding(o["padding"], o["strideW"], dw, iw, kw, ow))
-    return sum(inside_y) * sum(inside_x) / (oh * kh * ow * kw) >= _IM2COL_INSIDE_AT_LEAST
+    inside_y, inside_x = _inside_taps(op, t)
+    return sum(inside_y) * sum(inside_x) / (len(inside_y) * kh * len(inside_x) * kw) >= _IM2COL_INSIDE_AT_LEAST
 
 
 def _has_partial_rows(kernel: np.ndarray, shift: int | None) -> bool:

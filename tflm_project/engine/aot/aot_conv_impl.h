@@ -43,8 +43,7 @@ static inline __attribute__((always_inline)) void conv_two_rows(const patch_shap
   const int32_t bias0 = p->bias ? p->bias[oc] : 0, bias1 = p->bias ? p->bias[oc + 1] : 0;
   /* the biases without the folded offset, for border outputs (if the layer has any) */
   const int any_border = box->oy_lo > 0 || box->oy_hi < p->out_h - 1 || box->ox_lo > 0 || box->ox_hi < p->out_w - 1;
-  const int32_t border0 = !any_border ? 0 : p->border_bias ? p->border_bias[oc] : bias0 - p->input_offset * sum_s8(rows, k, 0);
-  const int32_t border1 = !any_border ? 0 : p->border_bias ? p->border_bias[oc + 1] : bias1 - p->input_offset * sum_s8(rows + k, k, 0);
+  const int32_t border0 = any_border ? p->border_bias[oc] : 0, border1 = any_border ? p->border_bias[oc + 1] : 0;
   const requant_t q0 = requant_of(p->multiplier[oc], p->shift[oc]);
   const requant_t q1 = requant_of(p->multiplier[oc + 1], p->shift[oc + 1]);
   int8_t* out = output + oc;
@@ -69,6 +68,15 @@ static inline __attribute__((always_inline)) void conv_two_rows(const patch_shap
   }
 }
 
+/* Output channel oc of a pruned-away filter: its bias, requantised, everywhere. */
+static inline __attribute__((always_inline)) void conv_constant_row(const aot_conv_params* p, int oc, int8_t* output) {
+  const int32_t bias = p->bias ? p->bias[oc] : 0;
+  const int8_t constant =
+      clamp_s8(requantize(bias, p->multiplier[oc], p->shift[oc]) + p->output_offset, p->act_min, p->act_max);
+  int8_t* out = output + oc;
+  for (int i = 0; i < p->out_h * p->out_w; ++i, out += p->out_c) *out = constant;
+}
+
 /* Output channel oc from one row: dense, or block-sparse walked block by block. */
 static inline __attribute__((always_inline)) void conv_one_row(const patch_shape* s, const interior_box* box,
                                                                const int8_t* values, const int8_t* end,
@@ -77,15 +85,12 @@ static inline __attribute__((always_inline)) void conv_one_row(const patch_shape
   const aot_conv_params* p = s->p;
   const int32_t bias = p->bias ? p->bias[oc] : 0;
   const int any_border = box->oy_lo > 0 || box->oy_hi < p->out_h - 1 || box->ox_lo > 0 || box->ox_hi < p->out_w - 1;
-  const int32_t border_bias = !any_border ? 0 : p->border_bias ? p->border_bias[oc]
-                             : bias - p->input_offset * sum_s8(values, (int32_t)(end - values), 0);
+  const int32_t border_bias = any_border ? p->border_bias[oc] : 0;
   const int aligned = s->run_len % (1 << p->weights.block_shift) == 0;
   const requant_t q = requant_of(p->multiplier[oc], p->shift[oc]);
   int8_t* out = output + oc;
-  if (bits && values == end) { /* a pruned-away filter: a constant */
-    const int8_t constant =
-        clamp_s8(requantize(bias, p->multiplier[oc], p->shift[oc]) + p->output_offset, p->act_min, p->act_max);
-    for (int i = 0; i < p->out_h * p->out_w; ++i, out += p->out_c) *out = constant;
+  if (bits && values == end) {
+    conv_constant_row(p, oc, output);
     return;
   }
   /* Aligned block-sparse row: where each stored block reads in an interior window, found once
@@ -436,9 +441,9 @@ static inline __attribute__((always_inline)) void aot_conv2d_inline(const aot_co
     }
     return;
   }
-  /* Row by row; a row whose every block is stored is a dense row (a kernel row shorter than one
-   * block is all or nothing: a live filter or a pruned-away one), and two such rows in a row are
-   * two dense rows side by side in flash, run two output channels per pass. */
+  /* Row by row; a row whose every block is stored is a dense row, and two such rows in a row are
+   * two dense rows side by side in flash, run two output channels per pass; a row of one block is
+   * all or nothing (a live filter or a pruned-away one), so such a layer needs no sparse walk. */
   while (oc < p->out_c) {
     const int8_t* end = aot_row_end(weights, values, bits);
     if (end - values == k && oc + 1 < p->out_c && aot_row_end(weights, end, bits + bitmap_row) - end == k) {
@@ -450,7 +455,12 @@ static inline __attribute__((always_inline)) void aot_conv2d_inline(const aot_co
       values = end + k, bits += 2 * bitmap_row, oc += 2;
       continue;
     }
-    conv_one_row(&s, &box, values, end, end - values == k ? 0 : bits, contiguous, oc, input, output);
+    if (k <= 1 << weights->block_shift && end != values + k) { /* rows of one block: all or nothing */
+      conv_constant_row(p, oc, output);
+    } else { /* bits a constant 0 for rows of one block, so such a layer carries no sparse walk */
+      conv_one_row(&s, &box, values, end, end - values == k || k <= 1 << weights->block_shift ? 0 : bits,
+                   contiguous, oc, input, output);
+    }
     values = end, bits += bitmap_row, ++oc;
   }
 }

@@ -321,7 +321,7 @@ static inline __attribute__((always_inline)) void masked_border_pair(const patch
                                                                      int x0, int32_t* a0, int32_t* a1) {
   const aot_conv_params* p = s->p;
   const int32_t block = 1 << p->weights.block_shift;
-  const uint32_t inside = mask & inside_blocks(s, y0, x0);
+  const uint32_t inside = inside_blocks(s, y0, x0);
   const int8_t* window = input + (y0 * p->in_w + x0) * p->in_c; /* read only inside the input */
   const int8_t* next = window + p->stride_w * p->in_c;
   TAP_BLOCKS(s, mask, b, offset, {

@@ -37,7 +37,7 @@ typedef struct {
   const int8_t* shift;       /* per output channel */
   const int32_t* bias;       /* per output channel, or NULL; CONV_2D: bias + input_offset * row sum */
   aot_weights weights;
-  const int32_t* border_bias; /* CONV_2D with border outputs: the bias without the folded offset */
+  const int32_t* border_bias; /* CONV_2D: the bias without the folded offset; set whenever the layer has border outputs */
   int32_t im2col;             /* CONV_2D, fast kernels: copy windows into scratch (pipeline/aot.py) */
 } aot_conv_params;
 
