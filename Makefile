@@ -38,7 +38,7 @@ DEVICE_FLAGS = --board $(DEVICE_BOARD) --engine $(ENGINE) $(if $(MODEL),--model 
 # ENGINE=tflm finds TensorFlow Lite Micro in TFLM_DIR, else in the cache `make tflm` fills.
 export TFLM_DIR
 
-.PHONY: search export report bench flash test bench-search bench-compression bench-aot bench-engines bench-pruning \
+.PHONY: search search-distributed worker export report bench flash test bench-search bench-compression bench-aot bench-engines bench-pruning \
 	bench-check bench-baseline measure-engine-costs tflm clean-venv debian-packages lint-deps
 
 # The venv's stamp names the hash of requirements.txt, so a cached .venv (CI) is reused exactly
@@ -66,6 +66,20 @@ lint-deps: $(INSTALLED)
 search: $(INSTALLED)
 	$(PY) -m pipeline search --dataset $(DATASET) --trials $(TRIALS) --epochs $(EPOCHS) \
 		--board $(BOARD) --optimizer $(OPTIMIZER) --seed $(SEED) --engine $(ENGINE) --out $(OUT) $(DATA_FLAG)
+
+# The same search served to WORKERS local worker processes (0: to workers started elsewhere, which then
+# need ORACLE_HOST=0.0.0.0 and a fixed ORACLE_PORT). `make worker` runs one worker on this machine; it finds
+# the chief through KERASTUNER_TUNER_ID, KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT.
+WORKERS ?= 2
+ORACLE_HOST ?= 127.0.0.1
+ORACLE_PORT ?= 0
+search-distributed: $(INSTALLED)
+	$(PY) -m pipeline search-distributed --dataset $(DATASET) --trials $(TRIALS) --epochs $(EPOCHS) \
+		--board $(BOARD) --optimizer $(OPTIMIZER) --seed $(SEED) --engine $(ENGINE) --out $(OUT) $(DATA_FLAG) \
+		--workers $(WORKERS) --host $(ORACLE_HOST) --port $(ORACLE_PORT)
+
+worker: $(INSTALLED)
+	$(PY) -m pipeline worker $(DATA_FLAG)
 
 export: $(INSTALLED)
 	$(PY) -m pipeline export $(RUN) $(if $(TRIAL),--trial $(TRIAL)) $(DATA_FLAG)

@@ -1,4 +1,4 @@
-"""Command line: one subcommand per stage (search, export, device, report)."""
+"""Command line: one subcommand per stage (search, search-distributed and worker, export, device, report)."""
 from __future__ import annotations
 
 import argparse
@@ -19,10 +19,9 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m pipeline", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    s = sub.add_parser("search", help="search architectures and pruning settings (SpArSe)")
+def _search_flags() -> argparse.ArgumentParser:
+    """The flags of a search, shared by search and search-distributed."""
+    s = _Parser(add_help=False)
     s.add_argument("--dataset", default="digits", help="digits, usps, usps2, mnist, mnist2, cifar10, "
                    "cifar10-2 or npz:PATH (default digits)")
     s.add_argument("--trials", type=int, default=20)
@@ -38,6 +37,40 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--max-ram", type=int, default=None, help="working-memory budget in bytes")
     s.add_argument("--max-flash", type=int, default=None, help="model-size budget in bytes")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
+    return s
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m pipeline", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub.add_parser("search", parents=[_search_flags()],
+                   help="search architectures and pruning settings (SpArSe)")
+    c = sub.add_parser("search-distributed", parents=[_search_flags()],
+                       help="the same search, served by this process (the chief) to workers over "
+                       "keras-tuner's gRPC protocol")
+    c.add_argument("--workers", type=int, default=2, help="worker processes to start on this machine "
+                   "(0: serve workers started elsewhere only; default 2)")
+    c.add_argument("--host", default="127.0.0.1", help="address to listen on: 0.0.0.0 for workers on other "
+                   "machines (default 127.0.0.1)")
+    c.add_argument("--port", type=int, default=0, help="port to listen on (default 0: any free port, "
+                   "printed at start; give one when workers run elsewhere)")
+    c.add_argument("--worker-timeout", type=float, default=60.0, help="seconds without a heartbeat after "
+                   "which a worker is lost and its trial runs again (default 60)")
+    c.add_argument("--idle-timeout", type=float, default=900.0, help="seconds with trials left and no worker "
+                   "heard from before the chief stops (default 900)")
+    c.add_argument("--threads", type=int, default=0, help="TensorFlow threads per local worker "
+                   "(default: the cores shared out)")
+    w = sub.add_parser("worker", help="run trials for a chief (found through KERASTUNER_TUNER_ID, "
+                       "KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT)")
+    w.add_argument("--data-dir", default=None, help="where this machine finds the search's dataset "
+                   "(default $SPARSE_DATA_DIR, else datasets/)")
+    w.add_argument("--work-dir", default=None, help="scratch folder for trials in training "
+                   "(default: a new temporary folder, removed at the end)")
+    w.add_argument("--remove-work-dir", action="store_true", help=argparse.SUPPRESS)
+    w.add_argument("--parent-pid", type=int, default=0, help=argparse.SUPPRESS)  # a local chief's
+    w.add_argument("--chief-timeout", type=float, default=600.0, help="seconds to wait for the chief to "
+                   "answer, a restart included, before giving up (default 600)")
+    w.add_argument("--threads", type=int, default=0, help="TensorFlow threads (default: TensorFlow's choice)")
     e = sub.add_parser("export", help="write the .tflite, C array and model.json of Pareto models")
     e.add_argument("run_dir", metavar="RUN_DIR", nargs="?", default=None,
                    help="the --out directory of a search (default: the latest search under runs/)")
@@ -95,6 +128,46 @@ def _exported_models(run_dir: Path) -> list[Path]:
     return models
 
 
+def _search_distributed(args: argparse.Namespace) -> None:
+    from pipeline.chief import ChiefSettings, serve
+    from pipeline.search import prepare_search
+
+    checks = (("--workers", args.workers, 0 <= args.workers <= 64, "a whole number from 0 to 64"),
+              ("--port", args.port, 0 <= args.port < 65536 and (args.port or args.workers),
+               "a port from 1 to 65535 (0, any free port, only with local --workers)"),
+              ("--worker-timeout", args.worker_timeout, args.worker_timeout >= 5, "at least 5 seconds"),
+              ("--idle-timeout", args.idle_timeout, args.idle_timeout >= 5, "at least 5 seconds"),
+              ("--threads", args.threads, args.threads >= 0, "0 or more"))
+    for flag, value, ok, accepted in checks:
+        if not ok:
+            raise UserError(f"{flag} {value} is not allowed: give {accepted}")
+    search = prepare_search(args.dataset, args.trials, args.epochs, args.board, args.optimizer, args.seed,
+                            Path(args.out), data_dir=args.data_dir, max_ram=args.max_ram,
+                            max_flash=args.max_flash, engine=args.engine, max_retries_per_trial=2)
+    serve(search, ChiefSettings(args.host, args.port, args.workers, args.worker_timeout, args.idle_timeout,
+                                args.threads))
+
+
+def _worker(args: argparse.Namespace) -> None:
+    import shutil
+    import tempfile
+
+    from pipeline.errors import ensure_directory
+    from pipeline.worker import run_worker
+
+    for flag, value, ok in (("--chief-timeout", args.chief_timeout, args.chief_timeout >= 1),
+                            ("--threads", args.threads, args.threads >= 0)):
+        if not ok:
+            raise UserError(f"{flag} {value} is not allowed: give a number of at least {1 if 'timeout' in flag else 0}")
+    given = args.work_dir is not None
+    work = ensure_directory(Path(args.work_dir), "--work-dir") if given else Path(tempfile.mkdtemp(prefix="sparse-worker-"))
+    try:
+        run_worker(args.data_dir, work, args.chief_timeout, args.threads, args.parent_pid)
+    finally:
+        if not given or args.remove_work_dir:
+            shutil.rmtree(work, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Runs the CLI; returns the process exit code."""
     args, unknown = _parser().parse_known_args(argv)
@@ -109,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
             run_search(args.dataset, args.trials, args.epochs, args.board, args.optimizer, args.seed,
                        Path(args.out), data_dir=args.data_dir, max_ram=args.max_ram,
                        max_flash=args.max_flash, quiet=args.quiet, engine=args.engine)
+        elif args.command == "search-distributed":
+            _search_distributed(args)
+        elif args.command == "worker":
+            _worker(args)
         elif args.command == "export":
             from pipeline.export import export_run, latest_run
 

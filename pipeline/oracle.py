@@ -51,6 +51,9 @@ class ReproducibleOracle(keras_tuner.Oracle):
       ids are already padded (made before this rule) keeps its width.
     * A trial that ends the search (too many consecutive failures) is still
       recorded as ended: keras-tuner raises before it saves the trial.
+    * When every trial has been handed out but another tuner still runs one,
+      a tuner that asks is told to wait (IDLE), not to stop, so that a trial
+      whose worker died (sent back for a retry) still finds a worker.
     """
 
     def __init__(self, *args, seed: int = 0, **kwargs):
@@ -75,7 +78,11 @@ class ReproducibleOracle(keras_tuner.Oracle):
             return super().create_trial(tuner_id)
         trial_id = self.next_trial_id()
         if self.max_trials and len(self.trials) >= self.max_trials:
-            response = {"status": trial_module.TrialStatus.STOPPED, "values": None}
+            # Every trial is handed out. While another tuner still runs one, this tuner waits
+            # (IDLE) instead of leaving: that trial may come back for a retry if its worker dies.
+            busy = any(other != tuner_id for other in self.ongoing_trials)
+            status = trial_module.TrialStatus.IDLE if busy else trial_module.TrialStatus.STOPPED
+            response = {"status": status, "values": None}
         else:
             response = self.populate_space(trial_id)
         hyperparameters = self.hyperparameters.copy()
@@ -91,7 +98,7 @@ class ReproducibleOracle(keras_tuner.Oracle):
             self.save()
             self._display.on_trial_begin(trial)
         elif trial.status == trial_module.TrialStatus.STOPPED:
-            self.tuner_ids.remove(tuner_id)
+            self.tuner_ids.discard(tuner_id)
         return trial
 
     @keras_tuner.synchronized

@@ -38,9 +38,10 @@ def same_trial(given: str, trial_id: str) -> bool:
 def trial_rows(oracle) -> list[dict[str, Any]]:
     """One row per ended trial, in numeric trial-id order, with the pareto column filled in."""
     rows = []
+    waiting = set(getattr(oracle, "_retry_queue", ()))  # lost runs that will run again: not ended
     for trial_id in sorted(oracle.trials, key=trial_sort_key):
         trial = oracle.trials[trial_id]
-        if trial.status not in (trial_module.TrialStatus.COMPLETED, trial_module.TrialStatus.FAILED,
+        if trial_id in waiting or trial.status not in (trial_module.TrialStatus.COMPLETED, trial_module.TrialStatus.FAILED,
                                 trial_module.TrialStatus.INVALID):
             continue
         metric = lambda name: (trial.metrics.get_last_value(name)  # noqa: E731

@@ -1,8 +1,11 @@
 """`search`: run (or resume) one search into an output directory."""
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,16 +28,51 @@ RUN_FILE = "run.json"
 IDENTITY = ("dataset", "board", "max_ram", "max_flash", "optimizer", "seed", "epochs", "engine")
 IDENTITY_DEFAULTS = {"engine": "aot"}  # runs made before the setting existed
 MAX_CONSECUTIVE_FAILURES = 3
+PROJECT = "search"  # keras-tuner's project folder inside --out: search/trial_<id>/
 
 
-def run_search(dataset: str, trials: int, epochs: int, board: str, optimizer: str, seed: int,
-               out: Path, data_dir: str | None = None, max_ram: int | None = None,
-               max_flash: int | None = None, quiet: bool = False, engine: str = "aot") -> list[dict[str, Any]]:
-    """Runs a search until ``trials`` trials have ended; resumes when ``out`` holds the same search.
+@dataclasses.dataclass
+class PreparedSearch:
+    """A search set up in its output directory, ready to run here or to serve to workers."""
+
+    run: dict[str, Any]
+    out: Path
+    data: Any
+    budget: Budget
+    tuner: SparseTuner
+    trials: int
+
+    @property
+    def oracle(self):
+        """The search algorithm (a keras-tuner Oracle)."""
+        return self.tuner.oracle
+
+    def write_results(self) -> list[dict[str, Any]]:
+        """Rewrites trials.csv, pareto.json, the plots and the report from the oracle's trials."""
+        return write_results(self.out, self.oracle, self.run)
+
+    def summary(self, rows: list[dict[str, Any]]) -> str:
+        """One line: the best model and the hypervolume so far."""
+        return _progress(rows, self.run)
+
+    def stopped_by_failures(self, exc: RuntimeError) -> UserError:
+        """The one-line error for a search keras-tuner stopped after consecutive failures."""
+        self.write_results()
+        return UserError(f"the search stopped after {MAX_CONSECUTIVE_FAILURES} consecutive failed trials "
+                         f"(last: {str(exc).strip().splitlines()[-1]}); see {self.out / 'trials.csv'}")
+
+
+def prepare_search(dataset: str, trials: int, epochs: int, board: str, optimizer: str, seed: int,
+                   out: Path, data_dir: str | None = None, max_ram: int | None = None,
+                   max_flash: int | None = None, engine: str = "aot",
+                   on_trial_done: Callable[[], None] | None = None,
+                   max_retries_per_trial: int = 0) -> PreparedSearch:
+    """Checks the settings, claims ``out`` (or finds the same search there) and makes the tuner.
 
     A candidate is feasible when its MS and WM fit ``max_flash`` and
     ``max_ram`` and its firmware, with ``engine``'s measured fixed costs,
-    fits the board.
+    fits the board. ``max_retries_per_trial``: how many times a trial whose
+    run was lost (a worker that died) is run again before it counts as failed.
     """
     if optimizer not in OPTIMIZERS:
         raise UserError(f"unknown optimizer {optimizer!r}: expected one of {', '.join(OPTIMIZERS)}")
@@ -43,7 +81,7 @@ def run_search(dataset: str, trials: int, epochs: int, board: str, optimizer: st
             raise UserError(f"--{name} {value} is not allowed: give a whole number of at least 1")
     check_seed(seed)
     spec = get_board(board)
-    cost = engine_cost(board, engine)
+    engine_cost(board, engine)  # an unknown engine or board stops here, before the data is read
     data = load_dataset(dataset, data_dir)
     run = {"dataset": dataset, "board": board,
            "max_ram": _budget("--max-ram", max_ram, spec.ram_bytes, int(np.prod(data.input_shape)),
@@ -53,43 +91,66 @@ def run_search(dataset: str, trials: int, epochs: int, board: str, optimizer: st
            "optimizer": optimizer, "seed": seed, "epochs": epochs, "engine": engine,
            "data_dir": str(resolve_data_dir(data_dir))}  # not part of its identity: export reads it
     _claim_output_dir(out, run)
-    budget = Budget(run["max_ram"], run["max_flash"], cost, spec.ram_bytes, spec.flash_bytes)
-    oracle = _make_oracle(optimizer, trials, seed, data, budget)
+    budget = make_budget(run)
+    oracle = _make_oracle(optimizer, trials, seed, data, budget, max_retries_per_trial)
     (out / RUN_FILE).write_text(json.dumps(run, indent=2) + "\n")
+    tuner = SparseTuner(oracle, SparseHyperModel(data.input_shape, data.num_classes), data, epochs,
+                        budget, seed, on_trial_done=on_trial_done, directory=str(out),
+                        project_name=PROJECT)
+    oracle.max_trials = trials
+    return PreparedSearch(run, out, data, budget, tuner, trials)
 
+
+def make_budget(run: dict[str, Any]) -> Budget:
+    """The resource budget of a run (its run.json settings)."""
+    spec = get_board(run["board"])
+    return Budget(run["max_ram"], run["max_flash"], engine_cost(run["board"], run["engine"]),
+                  spec.ram_bytes, spec.flash_bytes)
+
+
+def run_search(dataset: str, trials: int, epochs: int, board: str, optimizer: str, seed: int,
+               out: Path, data_dir: str | None = None, max_ram: int | None = None,
+               max_flash: int | None = None, quiet: bool = False, engine: str = "aot") -> list[dict[str, Any]]:
+    """Runs a search in this process until ``trials`` trials have ended; resumes when ``out`` holds the same search."""
     bar = tqdm(total=trials, desc="trials", unit="trial", disable=quiet, dynamic_ncols=True)
 
     def on_trial_done() -> None:
-        rows = write_results(out, tuner.oracle, run)
+        rows = search.write_results()
         bar.n = len(rows)
-        bar.set_postfix_str(_progress(rows, run))
+        bar.set_postfix_str(search.summary(rows))
 
-    tuner = SparseTuner(oracle, SparseHyperModel(data.input_shape, data.num_classes), data, epochs,
-                        budget, seed, on_trial_done=on_trial_done, directory=str(out),
-                        project_name="search")
-    oracle.max_trials = trials
-    rows = write_results(out, tuner.oracle, run)
+    try:
+        search = prepare_search(dataset, trials, epochs, board, optimizer, seed, out, data_dir, max_ram,
+                                max_flash, engine, on_trial_done)
+    except BaseException:
+        bar.close()
+        raise
+    rows = search.write_results()
     bar.n = len(rows)
     bar.refresh()
     try:
-        with warnings.catch_warnings():
-            # keras-tuner's own GP (kt-bayes) warns when a length scale meets its bound: surrogate
-            # chatter on a handful of points that no user can act on, as in our oracle
-            warnings.filterwarnings("ignore", category=ConvergenceWarning)
-            tuner.search(verbose=0)
+        with quiet_surrogates():
+            search.tuner.search(verbose=0)
     except RuntimeError as exc:
         if "consecutive failures" not in str(exc):
             raise
-        write_results(out, tuner.oracle, run)
         bar.close()
-        raise UserError(f"the search stopped after {MAX_CONSECUTIVE_FAILURES} consecutive failed trials "
-                        f"(last: {str(exc).strip().splitlines()[-1]}); see {out / 'trials.csv'}") from None
-    rows = write_results(out, tuner.oracle, run)
-    bar.set_postfix_str(_progress(rows, run))
+        raise search.stopped_by_failures(exc) from None
+    rows = search.write_results()
+    bar.set_postfix_str(search.summary(rows))
     bar.close()
     if not quiet:
-        print(f"done: {len(rows)} trials in {out}; {_progress(rows, run)}")
+        print(f"done: {len(rows)} trials in {out}; {search.summary(rows)}")
     return rows
+
+
+@contextlib.contextmanager
+def quiet_surrogates():
+    """keras-tuner's own GP (kt-bayes) warns when a length scale meets its bound: surrogate
+    chatter on a handful of points that no user can act on, as in our oracle."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=ConvergenceWarning)
+        yield
 
 
 def _progress(rows: list[dict[str, Any]], run: dict[str, Any]) -> str:
@@ -128,8 +189,8 @@ def _claim_output_dir(out: Path, run: dict[str, Any]) -> None:
                         "choose a new or empty directory")
 
 
-def _make_oracle(optimizer: str, trials: int, seed: int, data, budget: Budget):
-    common = {"max_trials": trials, "seed": seed,
+def _make_oracle(optimizer: str, trials: int, seed: int, data, budget: Budget, max_retries_per_trial: int):
+    common = {"max_trials": trials, "seed": seed, "max_retries_per_trial": max_retries_per_trial,
               "max_consecutive_failed_trials": MAX_CONSECUTIVE_FAILURES}
     if optimizer == "sparse":
         return SparseOracle(lambda v: analytical_costs(v, data.input_shape, data.num_classes, budget),

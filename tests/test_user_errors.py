@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -143,3 +144,26 @@ def test_a_serial_port_that_does_not_exist_fails_before_any_build(capfd, tmp_pat
 def test_make_targets_of_the_ci_jobs_pass_their_variables_on(make_args, expected):
     result = subprocess.run(["make", "-n", *make_args], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and expected in result.stdout, result.stdout + result.stderr
+
+
+def test_a_worker_without_its_chief_says_what_to_set_or_that_the_chief_did_not_answer(capfd, monkeypatch):
+    for name in ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    _one_line_error(capfd, ["worker"], "KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_PORT=<its port>")
+    monkeypatch.setenv("KERASTUNER_TUNER_ID", "worker0")
+    monkeypatch.setenv("KERASTUNER_ORACLE_IP", "127.0.0.1")
+    monkeypatch.setenv("KERASTUNER_ORACLE_PORT", "http")
+    _one_line_error(capfd, ["worker"], "KERASTUNER_ORACLE_PORT 'http'")
+    monkeypatch.setenv("KERASTUNER_ORACLE_PORT", "1")  # nothing listens there
+    started = time.monotonic()
+    _one_line_error(capfd, ["worker", "--chief-timeout", "2"], "the chief at 127.0.0.1:1 did not answer",
+                    "--chief-timeout")
+    assert time.monotonic() - started < 30
+
+
+@pytest.mark.parametrize("flags,expected", [(["--workers", "0"], "--port 0"),
+                                            (["--workers", "-1"], "--workers -1"),
+                                            (["--worker-timeout", "1"], "--worker-timeout 1.0")])
+def test_search_distributed_refuses_settings_it_cannot_serve(capfd, tmp_path, flags, expected):
+    _one_line_error(capfd, ["search-distributed", "--out", str(tmp_path / "run"), *flags], expected)
+    assert not (tmp_path / "run").exists()
