@@ -38,7 +38,7 @@ DEVICE_FLAGS = --board $(DEVICE_BOARD) --engine $(ENGINE) $(if $(MODEL),--model 
 # ENGINE=tflm finds TensorFlow Lite Micro in TFLM_DIR, else in the cache `make tflm` fills.
 export TFLM_DIR
 
-.PHONY: search search-distributed worker export report bench flash test bench-search bench-compression bench-aot bench-engines bench-pruning \
+.PHONY: search search-distributed worker export report bench flash test bench-search bench-distributed bench-compression bench-aot bench-engines bench-pruning \
 	bench-check bench-baseline measure-engine-costs tflm clean-venv debian-packages lint-deps
 
 # The venv's stamp names the hash of requirements.txt, so a cached .venv (CI) is reused exactly
@@ -103,6 +103,9 @@ test: $(INSTALLED)
 
 bench-search: $(INSTALLED)
 	$(PY) scripts/bench_search.py $(DATA_FLAG)
+
+bench-distributed: $(INSTALLED)
+	$(PY) scripts/bench_distributed.py $(DATA_FLAG)
 
 bench-compression: $(INSTALLED)
 	$(PY) scripts/bench_compression.py $(RUN) $(DATA_FLAG)

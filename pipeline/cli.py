@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import faulthandler
 import json
 import os
@@ -36,7 +37,7 @@ def _search_flags() -> argparse.ArgumentParser:
                    "(default $SPARSE_DATA_DIR, else datasets/)")
     s.add_argument("--max-ram", type=int, default=None, help="working-memory budget in bytes")
     s.add_argument("--max-flash", type=int, default=None, help="model-size budget in bytes")
-    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.add_argument("--quiet", action="store_true", help="no progress bar (search-distributed: no progress lines)")
     return s
 
 
@@ -144,8 +145,9 @@ def _search_distributed(args: argparse.Namespace) -> None:
     search = prepare_search(args.dataset, args.trials, args.epochs, args.board, args.optimizer, args.seed,
                             Path(args.out), data_dir=args.data_dir, max_ram=args.max_ram,
                             max_flash=args.max_flash, engine=args.engine, max_retries_per_trial=2)
-    serve(search, ChiefSettings(args.host, args.port, args.workers, args.worker_timeout, args.idle_timeout,
-                                args.threads))
+    with open(os.devnull, "w") if args.quiet else contextlib.nullcontext(sys.stdout) as log:
+        serve(search, ChiefSettings(args.host, args.port, args.workers, args.worker_timeout, args.idle_timeout,
+                                    args.threads), log=log)
 
 
 def _worker(args: argparse.Namespace) -> None:

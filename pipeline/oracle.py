@@ -121,7 +121,19 @@ class RandomOracle(ReproducibleOracle, keras_tuner.oracles.RandomSearchOracle):
 
 
 class KerasTunerBayesianOracle(ReproducibleOracle, keras_tuner.oracles.BayesianOptimizationOracle):
-    """keras-tuner's BayesianOptimization with our seed, trial ids and failure records."""
+    """keras-tuner's BayesianOptimization with our seed, trial ids and failure records.
+
+    Its optimum of the acquisition can repeat a trial already handed out
+    (two workers asking before anything new has finished); such a proposal
+    is replaced by a random one, as keras-tuner's random phase never repeats.
+    """
+
+    def populate_space(self, trial_id: str) -> dict:  # noqa: D102
+        response = super().populate_space(trial_id)
+        values = response.get("values")
+        if values is not None and self._duplicate(values):
+            return self._random_populate_space()
+        return response
 
 
 def normalised_objectives(error: float, model_size_bytes: float, working_memory_bytes: float,
