@@ -130,8 +130,8 @@ def _exported_models(run_dir: Path) -> list[Path]:
 
 
 def _search_distributed(args: argparse.Namespace) -> None:
-    from pipeline.chief import ChiefSettings, serve
-    from pipeline.search import prepare_search
+    from pipeline.search.chief import ChiefSettings, serve
+    from pipeline.search.run import prepare_search
 
     checks = (("--workers", args.workers, 0 <= args.workers <= 64, "a whole number from 0 to 64"),
               ("--port", args.port, 0 <= args.port < 65536 and (args.port or args.workers),
@@ -155,7 +155,7 @@ def _worker(args: argparse.Namespace) -> None:
     import tempfile
 
     from pipeline.errors import ensure_directory
-    from pipeline.worker import run_worker
+    from pipeline.search.worker import run_worker
 
     for flag, value, ok in (("--chief-timeout", args.chief_timeout, args.chief_timeout >= 1),
                             ("--threads", args.threads, args.threads >= 0)):
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     _import_tensorflow_quietly()
     try:
         if args.command == "search":
-            from pipeline.search import run_search
+            from pipeline.search.run import run_search
 
             run_search(args.dataset, args.trials, args.epochs, args.board, args.optimizer, args.seed,
                        Path(args.out), data_dir=args.data_dir, max_ram=args.max_ram,
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "worker":
             _worker(args)
         elif args.command == "export":
-            from pipeline.export import export_run, latest_run
+            from pipeline.deploy.export import export_run, latest_run
 
             run_dir = Path(args.run_dir) if args.run_dir else latest_run(Path("runs"))
             for folder in export_run(run_dir, args.trial, data_dir=args.data_dir):
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"MS {info['metrics']['model_size_bytes']:,} B, "
                       f"WM {info['metrics']['working_memory_bytes']:,} B")
         elif args.command == "device":
-            from pipeline.device import default_out_dir, latest_best_model, run_device
+            from pipeline.deploy.device import default_out_dir, latest_best_model, run_device
 
             if args.run and (args.model or args.out):
                 raise UserError(f"--run {args.run} runs every exported model, each with its own device.json: "
@@ -218,13 +218,13 @@ def main(argv: list[str] | None = None) -> int:
                       f"{100 * result['outputs_match']:.1f}%, flash {result['flash_bytes']:,} B, RAM "
                       f"{result['ram_bytes']:,} B (arena {result['arena_bytes']:,} B), latency {latency}")
         elif args.command == "tflm":
-            from pipeline.tflm import make_trees
+            from pipeline.deploy.tflm import make_trees
 
             for tree in make_trees(args.kernels):
                 print(f"TFLM tree ready: {tree}")
         elif args.command == "report":
-            from pipeline.export import latest_run
-            from pipeline.report import write_report
+            from pipeline.deploy.export import latest_run
+            from pipeline.deploy.report import write_report
 
             for path in write_report(Path(args.run_dir) if args.run_dir else latest_run(Path("runs"))):
                 print(f"wrote {path}")

@@ -21,9 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline import REPO_ROOT
 from pipeline.errors import UserError
 
-REPO_DATA_DIR = Path(__file__).resolve().parent.parent / "datasets"
+REPO_DATA_DIR = REPO_ROOT / "datasets"
 VALIDATION_FRACTION = 0.2
 SPLIT_SEED = 0
 DOWNLOAD_TIMEOUT_S = 15

@@ -24,10 +24,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pipeline  # noqa: E402,F401
-from pipeline.boards import emulated_twin  # noqa: E402
-from pipeline.device import default_out_dir, run_device  # noqa: E402
+from pipeline.deploy.boards import emulated_twin  # noqa: E402
+from pipeline.deploy.device import default_out_dir, run_device  # noqa: E402
+from pipeline.deploy.export import latest_run, load_run, pareto_rows  # noqa: E402
 from pipeline.errors import UserError, run_script  # noqa: E402
-from pipeline.export import latest_run, load_run, pareto_rows  # noqa: E402
 
 
 def main() -> int:

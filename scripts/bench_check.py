@@ -17,8 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline import baseline  # noqa: E402
-from pipeline.boards import load_boards  # noqa: E402
+from pipeline.deploy import baseline  # noqa: E402
+from pipeline.deploy.boards import load_boards  # noqa: E402
 from pipeline.errors import UserError, run_script  # noqa: E402
 
 DEFAULT_BASELINE = Path(__file__).resolve().parent.parent / "bench" / "baseline.json"
@@ -35,7 +35,7 @@ def main() -> int:
                         help="rewrite the baseline's entries from this run's device.json files instead")
     args = parser.parse_args()
     if args.run_dir is None:
-        from pipeline.export import latest_run  # imports TensorFlow: only when needed
+        from pipeline.deploy.export import latest_run  # imports TensorFlow: only when needed
 
         args.run_dir = latest_run(Path("runs"))
     known = load_boards()

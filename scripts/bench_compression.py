@@ -23,12 +23,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 import pipeline  # noqa: E402,F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-from pipeline import tflite_model  # noqa: E402
-from pipeline.builder import load_float_model  # noqa: E402
+from pipeline.compress import tflite_model  # noqa: E402
 from pipeline.datasets import load_dataset  # noqa: E402
+from pipeline.deploy.export import latest_run, load_run, pareto_rows  # noqa: E402
 from pipeline.errors import run_script  # noqa: E402
-from pipeline.export import latest_run, load_run, pareto_rows  # noqa: E402
-from pipeline.tuner import KERAS_FILE  # noqa: E402
+from pipeline.search.builder import load_float_model  # noqa: E402
+from pipeline.search.tuner import KERAS_FILE  # noqa: E402
 
 
 def main() -> int:

@@ -21,13 +21,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pipeline  # noqa: E402,F401
-from pipeline import tflite_model  # noqa: E402
-from pipeline.architecture import decode  # noqa: E402
+from pipeline.compress import tflite_model  # noqa: E402
+from pipeline.compress.training import TrainingSettings, train_candidate  # noqa: E402
 from pipeline.datasets import load_dataset  # noqa: E402
-from pipeline.device import run_device  # noqa: E402
+from pipeline.deploy.device import run_device  # noqa: E402
 from pipeline.errors import UserError, run_script  # noqa: E402
-from pipeline.space import new_space  # noqa: E402
-from pipeline.training import TrainingSettings, train_candidate  # noqa: E402
+from pipeline.search.architecture import decode  # noqa: E402
+from pipeline.search.space import new_space  # noqa: E402
 
 # Two 3x3 convolutions of 16 and 32 filters (rows of 144 and 288 weights: whole blocks of 16),
 # the input downsampled to 8x8, then the classifier: a shape the search makes.

@@ -8,14 +8,14 @@ emulated board and records, per model:
 
 - flash beyond the weights as the engine stores them (code, constants, tables);
 - RAM beyond the activations that the firmware needs to link: statics and the
-  stack reserve the linker keeps free (pipeline.firmware.STACK_RESERVE_BYTES;
+  stack reserve the linker keeps free (pipeline.deploy.firmware.STACK_RESERVE_BYTES;
   every measured stack peak is checked against it), and for TFLM the arena's
   bookkeeping and planning space above WM;
 
 then fits an upper envelope fixed + per_op x operators + per_channel x output
 channels of the weighted layers over the models, adds a
 stated margin (1 KB of flash, 128 B of RAM) and writes it (see
-pipeline/engine_costs.py). A real board gets the figures of its
+pipeline/deploy/engine_costs.py). A real board gets the figures of its
 emulated twin (same core, same code but for the timer).
 
 Usage:
@@ -33,17 +33,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pipeline  # noqa: E402,F401
-from pipeline import costs, tflite_model  # noqa: E402
-from pipeline.architecture import decode  # noqa: E402
-from pipeline.block_pruning import block_mask  # noqa: E402
-from pipeline.boards import load_boards  # noqa: E402
-from pipeline.builder import build_model  # noqa: E402
+from pipeline.compress import tflite_model  # noqa: E402
+from pipeline.compress.block_pruning import block_mask  # noqa: E402
 from pipeline.datasets import load_dataset  # noqa: E402
-from pipeline.device import run_device  # noqa: E402
-from pipeline.engine_costs import EngineCost, upper_envelope, write_engine_costs  # noqa: E402
+from pipeline.deploy.boards import load_boards  # noqa: E402
+from pipeline.deploy.device import run_device  # noqa: E402
+from pipeline.deploy.engine_costs import EngineCost, upper_envelope, write_engine_costs  # noqa: E402
+from pipeline.deploy.firmware import STACK_RESERVE_BYTES  # noqa: E402
 from pipeline.errors import UserError, run_script  # noqa: E402
-from pipeline.firmware import STACK_RESERVE_BYTES  # noqa: E402
-from pipeline.space import new_space  # noqa: E402
+from pipeline.search import costs  # noqa: E402
+from pipeline.search.architecture import decode  # noqa: E402
+from pipeline.search.builder import build_model  # noqa: E402
+from pipeline.search.space import new_space  # noqa: E402
 
 PRUNED_SPARSITY = 0.6
 
@@ -131,7 +132,7 @@ def main() -> int:
                     if r["stack_bytes"] > STACK_RESERVE_BYTES[engine]:
                         raise UserError(f"{board.name} {engine} {path.parent.name}: stack peaked at "
                                         f"{r['stack_bytes']} B, above the {STACK_RESERVE_BYTES[engine]} B the "
-                                        "linker reserves: raise STACK_RESERVE_BYTES in pipeline/firmware.py")
+                                        "linker reserves: raise STACK_RESERVE_BYTES in pipeline/deploy/firmware.py")
                     flash.append((ops, channels, r["flash_bytes"] - r["weight_bytes"]))
                     ram.append((ops, channels, r["static_ram_bytes"] + STACK_RESERVE_BYTES[engine] - activations))
                     print(f"{board.name} {engine} {path.parent.name}: {ops} ops, {channels} channels, "

@@ -31,6 +31,6 @@ def data_dir() -> Path:
 @pytest.fixture()
 def base_values() -> dict:
     """The space's defaults: one block with one 3x3 Conv2D of 16 filters, no FC, no branch."""
-    from pipeline.space import new_space
+    from pipeline.search.space import new_space
 
     return dict(new_space().values)

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 import tf_keras as keras
 
-from pipeline import aot, tflite_model
-from pipeline.device import run_device
+from pipeline.compress import tflite_model
+from pipeline.deploy import aot
+from pipeline.deploy.device import run_device
 
 LAYERS = {
     "padded": [("conv", dict(filters=5, kernel_size=3, padding="same"), 0.0),

@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import tflite_model
-from pipeline.architecture import decode
+from pipeline.compress import tflite_model
+from pipeline.compress.training import TrainingSettings, train_candidate
 from pipeline.datasets import load_dataset
-from pipeline.device import default_out_dir, run_device
-from pipeline.space import new_space
-from pipeline.training import TrainingSettings, train_candidate
+from pipeline.deploy.device import default_out_dir, run_device
+from pipeline.search.architecture import decode
+from pipeline.search.space import new_space
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench_check.py"
 

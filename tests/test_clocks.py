@@ -1,4 +1,4 @@
-"""The STM32F413's clock set-up (pipeline/clocks.py) against the reference manual's limits, the
+"""The STM32F413's clock set-up (pipeline/deploy/clocks.py) against the reference manual's limits, the
 header the firmware is built with, and that firmware compiled for the board."""
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import subprocess
 import numpy as np
 import pytest
 
-from pipeline import clocks, firmware, tflite_model
-from pipeline.boards import get_board
+from pipeline.compress import tflite_model
+from pipeline.deploy import clocks, firmware
+from pipeline.deploy.boards import get_board
 from pipeline.errors import UserError
 
 
@@ -77,7 +78,7 @@ def _tiny_model() -> bytes:
 
 
 def test_the_host_refuses_figures_from_a_board_left_on_its_reset_clock():
-    from pipeline.device import _check_timer
+    from pipeline.deploy.device import _check_timer
 
     board = get_board("stm32f413")
     _check_timer("READY engine=aot input=256 output=2 arena=272 capacity=272 timer=100000000", board)

@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 import tf_keras
 
-from pipeline import costs, tflite_graph, tflite_model
-from pipeline.architecture import decode, plan
+from pipeline.compress import tflite_graph, tflite_model
+from pipeline.compress.training import TrainingSettings, train_candidate
 from pipeline.datasets import load_dataset
-from pipeline.training import TrainingSettings, train_candidate
+from pipeline.search import costs
+from pipeline.search.architecture import decode, plan
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import random
 
-from pipeline.architecture import decode, plan
-from pipeline.costs import (GraphOp, ResourceGraph, arena_plan, best_schedule, graph_from_plan,
+from pipeline.search.architecture import decode, plan
+from pipeline.search.costs import (GraphOp, ResourceGraph, arena_plan, best_schedule, graph_from_plan,
                             model_size_bytes, working_memory_bytes)
 
 
@@ -103,7 +103,7 @@ def test_arena_plan_is_a_valid_placement_no_smaller_than_wm_on_branching_graphs(
 
 
 def test_search_candidates_over_the_ram_budget_by_arena_are_infeasible(base_values):
-    from pipeline.tuner import Budget, analytical_costs
+    from pipeline.search.tuner import Budget, analytical_costs
 
     fits = analytical_costs(base_values, (16, 16, 1), 10, Budget(5120, 1 << 20))
     assert fits["aot_arena_bytes"] == fits["working_memory_bytes"] == 5120 and fits["feasible"]

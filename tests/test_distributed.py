@@ -14,9 +14,9 @@ from pathlib import Path
 import keras_tuner
 from keras_tuner.engine import trial as trial_module
 
-from pipeline.oracle import SparseOracle
-from pipeline.space import new_space
-from pipeline.tuner import Budget, analytical_costs
+from pipeline.search.oracle import SparseOracle
+from pipeline.search.space import new_space
+from pipeline.search.tuner import Budget, analytical_costs
 
 REPO = Path(__file__).resolve().parent.parent
 TIMEOUT_S = 900

@@ -6,15 +6,16 @@ import os
 import keras_tuner
 import pytest
 
-from pipeline import costs, tflite_model
-from pipeline.architecture import decode, plan
-from pipeline.boards import get_board
+from pipeline.compress import tflite_model
+from pipeline.compress.training import TrainingSettings, train_candidate
 from pipeline.datasets import load_dataset
-from pipeline.device import run_device
-from pipeline.engine_costs import engine_cost, upper_envelope
-from pipeline.space import new_space
-from pipeline.training import TrainingSettings, train_candidate
-from pipeline.tuner import Budget, analytical_costs
+from pipeline.deploy.boards import get_board
+from pipeline.deploy.device import run_device
+from pipeline.deploy.engine_costs import engine_cost, upper_envelope
+from pipeline.search import costs
+from pipeline.search.architecture import decode, plan
+from pipeline.search.space import new_space
+from pipeline.search.tuner import Budget, analytical_costs
 
 
 def test_upper_envelope_lies_on_or_above_every_point():
@@ -29,7 +30,7 @@ def test_upper_envelope_lies_on_or_above_every_point():
 
 
 def test_the_block_sparse_bound_holds_for_a_pruned_model(data_dir, base_values):
-    from pipeline import aot
+    from pipeline.deploy import aot
 
     data = load_dataset("usps", data_dir)
     values = base_values | {"block1_sparsity": 0.7, "fc_sparsity": 0.7, "pruning_start_fraction": 0.0,

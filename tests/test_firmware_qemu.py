@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import tf_keras
 
-from pipeline import tflite_graph, tflite_model
-from pipeline.architecture import decode
+from pipeline.compress import tflite_graph, tflite_model
+from pipeline.compress.training import TrainingSettings, train_candidate
 from pipeline.datasets import load_dataset
-from pipeline.device import run_device
-from pipeline.training import TrainingSettings, train_candidate
+from pipeline.deploy.device import run_device
+from pipeline.search.architecture import decode
 
 SAMPLES = 12
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 import keras_tuner
 from keras_tuner.engine import trial as trial_module
 
-from pipeline.oracle import KerasTunerBayesianOracle, RandomOracle
-from pipeline.results import trial_rows
-from pipeline.space import new_space
+from pipeline.search.oracle import KerasTunerBayesianOracle, RandomOracle
+from pipeline.search.results import trial_rows
+from pipeline.search.space import new_space
 
 OBJECTIVE = keras_tuner.Objective("error", "min")
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.pareto import dominates, hypervolume, is_feasible, pareto_mask
+from pipeline.search.pareto import dominates, hypervolume, is_feasible, pareto_mask
 
 OBJ = ("error", "size")
 

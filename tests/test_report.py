@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import paper
+from pipeline.deploy import paper
 
 REPO = Path(__file__).resolve().parent.parent
 TAB_RED = np.array([214, 39, 40]) / 255  # our Pareto models in both plots

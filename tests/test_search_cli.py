@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from pipeline.datasets import load_dataset
-from pipeline.pareto import pareto_mask
+from pipeline.search.pareto import pareto_mask
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -158,7 +158,7 @@ def test_same_seed_zero_gives_the_same_trials_and_weights(digits_run, tmp_path):
     again = tmp_path / "again"
     result = _search(again, "--board", "microbit", "--seed", "0", trials=DIGITS_RUN_TRIALS)
     assert result.returncode == 0, result.stderr
-    from pipeline.space import hyperparameter_names
+    from pipeline.search.space import hyperparameter_names
 
     names = ["trial_id", "status", *hyperparameter_names()]
     first, second = _rows(digits_run), _rows(again)
@@ -192,8 +192,8 @@ def test_export_and_report_read_zero_padded_trial_ids_as_written(digits_run, tmp
 
 
 def test_bench_without_model_finds_the_latest_search_at_any_depth_under_runs(digits_run, tmp_path):
-    from pipeline.device import latest_best_model
-    from pipeline.results import best_trial
+    from pipeline.deploy.device import latest_best_model
+    from pipeline.search.results import best_trial
 
     nested = tmp_path / "runs" / "npz:" / "data" / "run"
     shutil.copytree(digits_run, nested)
@@ -218,8 +218,8 @@ def test_a_search_stopped_by_failures_records_every_failed_trial(tmp_path, monke
     from keras_tuner.errors import FailedTrialError
 
     from pipeline.errors import UserError
-    from pipeline.search import MAX_CONSECUTIVE_FAILURES, run_search
-    from pipeline.tuner import SparseTuner
+    from pipeline.search.run import MAX_CONSECUTIVE_FAILURES, run_search
+    from pipeline.search.tuner import SparseTuner
 
     def failing_trial(self, trial, *args, **kwargs):  # the stimulus: a trial that cannot train
         raise FailedTrialError(f"out of memory: trial {trial.trial_id} needed more than this machine has")

@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import tflite_model
-from pipeline.architecture import decode
+from pipeline.compress import tflite_model
+from pipeline.compress.training import TrainingSettings, train_candidate
 from pipeline.datasets import load_dataset
-from pipeline.device import run_device
-from pipeline.training import TrainingSettings, train_candidate
+from pipeline.deploy.device import run_device
+from pipeline.search.architecture import decode
 
 REPO = Path(__file__).resolve().parent.parent
 needs_tree = pytest.mark.skipif(not os.environ.get("TFLM_DIR"),
@@ -30,7 +30,7 @@ needs_tree = pytest.mark.skipif(not os.environ.get("TFLM_DIR"),
 @pytest.fixture(scope="module")
 def usps_model(data_dir, tmp_path_factory):
     """A small search-space CNN trained for one epoch on USPS, as the search would ship it."""
-    from pipeline.space import new_space
+    from pipeline.search.space import new_space
 
     data = load_dataset("usps", data_dir)
     values = dict(new_space().values) | {"block1_layer1_filters": 6, "block1_sparsity": 0.5,

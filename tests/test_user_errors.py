@@ -52,7 +52,7 @@ def test_out_below_a_file_or_in_a_read_only_place_is_refused(capfd, tmp_path):
 
 
 def test_device_out_below_a_file_is_refused(capfd, tmp_path):
-    from pipeline import tflite_model
+    from pipeline.compress import tflite_model
     from pipeline.datasets import load_dataset
     import tf_keras
 

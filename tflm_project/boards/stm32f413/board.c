@@ -4,7 +4,7 @@
  * which does not model the DWT.
  *
  * Clock: on the NUCLEO-F413ZH (BOARD_PLL) the main PLL takes the core from the
- * 16 MHz HSI to board_facts.tsv's clock_hz, with the values pipeline/clocks.py
+ * 16 MHz HSI to board_facts.tsv's clock_hz, with the values pipeline/deploy/clocks.py
  * worked out and checked (board_clock.h, generated beside the model). Every
  * wait on a ready flag is bounded; if one times out the core stays on the HSI
  * and board_timer_hz() says so, and the host refuses figures at a clock other

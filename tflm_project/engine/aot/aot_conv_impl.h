@@ -4,7 +4,7 @@
  * const parameters, so the compiler folds shapes, strides and padding and drops the paths the
  * layer cannot take.
  *
- * - The input offset is folded into the bias at generation time (pipeline/aot.py), so an
+ * - The input offset is folded into the bias at generation time (pipeline/deploy/aot.py), so an
  *   interior output is bias + sum(w * x) with no per-weight addition.
  * - Outputs whose window lies inside the input (the interior) take a path with no bounds
  *   tests: the window is a few contiguous runs of input bytes (one per kernel row, or per tap
@@ -15,7 +15,7 @@
  *   blocks are expanded and run as dense; a layer whose blocks straddle its windows' runs copies
  *   two windows at a time into patches (im2col) where little of them is padding.
  * - Those use scratch: bytes of the arena that no tensor occupies while the layer runs, found by
- *   the generator (pipeline/aot.py) and passed with their size. A layer with too little scratch
+ *   the generator (pipeline/deploy/aot.py) and passed with their size. A layer with too little scratch
  *   walks its bitmap instead, so scratch never adds to the arena or to WM.
  *
  * The per-output sums over one row live in aot_conv_rows.h; this file holds the per-layer loops

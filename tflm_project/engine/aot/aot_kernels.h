@@ -4,7 +4,7 @@
  * compute: the same accumulation, the same double-rounding requantisation
  * (MultiplyByQuantizedMultiplier) and the same fixed-point softmax. All
  * parameters (multipliers, shifts, offsets, clamps) are precomputed by
- * `pipeline/aot.py` from the .tflite, so nothing here uses floating point.
+ * `pipeline/deploy/aot.py` from the .tflite, so nothing here uses floating point.
  * Tensors are NHWC with batch 1.
  */
 #ifndef AOT_KERNELS_H_
@@ -38,7 +38,7 @@ typedef struct {
   const int32_t* bias;       /* per output channel, or NULL; CONV_2D: bias + input_offset * row sum */
   aot_weights weights;
   const int32_t* border_bias; /* CONV_2D: the bias without the folded offset; set whenever the layer has border outputs */
-  int32_t im2col;             /* CONV_2D, fast kernels: copy windows into scratch (pipeline/aot.py) */
+  int32_t im2col;             /* CONV_2D, fast kernels: copy windows into scratch (pipeline/deploy/aot.py) */
 } aot_conv_params;
 
 typedef struct {

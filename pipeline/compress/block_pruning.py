@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from pipeline.costs import PRUNING_BLOCK
+from pipeline.search.costs import PRUNING_BLOCK
 
 
 def tfmot_can_block_prune(kernel_shape: tuple[int, ...]) -> bool:

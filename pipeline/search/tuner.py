@@ -20,12 +20,13 @@ from keras_tuner.engine import base_tuner
 from keras_tuner.engine import trial as trial_module
 from keras_tuner.errors import FailedTrialError
 
-from pipeline import costs, tflite_model
-from pipeline.architecture import decode, plan
+from pipeline.compress import tflite_model
+from pipeline.compress.training import TrainingSettings, train_candidate
 from pipeline.datasets import Dataset
-from pipeline.engine_costs import EngineCost
-from pipeline.oracle import normalised_objectives
-from pipeline.training import TrainingSettings, train_candidate
+from pipeline.deploy.engine_costs import EngineCost
+from pipeline.search import costs
+from pipeline.search.architecture import decode, plan
+from pipeline.search.oracle import normalised_objectives
 
 MODEL_FILE = "model_int8.tflite"
 KERAS_FILE = "model_float.h5"  # HDF5: the .keras format cannot reload QAT models
@@ -47,7 +48,7 @@ def analytical_costs(values: Mapping[str, Any], input_shape: tuple[int, int, int
     """Exact MS and WM of a candidate after its pruning targets, and whether it fits the budget.
 
     See :func:`resource_costs` for the constraints; the AOT arena
-    (:func:`pipeline.costs.arena_plan`, at least WM) is only worked out when
+    (:func:`pipeline.search.costs.arena_plan`, at least WM) is only worked out when
     WM itself fits.
     """
     arch, compression = decode(values, input_shape, num_classes)
@@ -63,7 +64,7 @@ def resource_costs(graph: costs.ResourceGraph, budget: Budget) -> dict:
     (MS against --max-flash), ``working_memory`` (the AOT arena, at least WM,
     against --max-ram) and, with an engine, ``board_flash`` and ``board_ram``:
     the weights as that engine stores them plus the activations plus its
-    measured fixed costs (:mod:`pipeline.engine_costs`) against the board.
+    measured fixed costs (:mod:`pipeline.deploy.engine_costs`) against the board.
     """
     ms = costs.model_size_bytes(graph)
     wm, order = costs.best_schedule(graph)  # solved once: WM and the order the arena is planned over

@@ -14,14 +14,14 @@ import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from tqdm import tqdm
 
-from pipeline.boards import get_board
-from pipeline.builder import SparseHyperModel
 from pipeline.datasets import load_dataset, resolve_data_dir
-from pipeline.engine_costs import engine_cost
+from pipeline.deploy.boards import get_board
+from pipeline.deploy.engine_costs import engine_cost
 from pipeline.errors import UserError, ensure_directory
-from pipeline.oracle import KerasTunerBayesianOracle, RandomOracle, SparseOracle, check_seed
-from pipeline.results import best_trial, front_hypervolume, write_results
-from pipeline.tuner import Budget, SparseTuner, analytical_costs
+from pipeline.search.builder import SparseHyperModel
+from pipeline.search.oracle import KerasTunerBayesianOracle, RandomOracle, SparseOracle, check_seed
+from pipeline.search.results import best_trial, front_hypervolume, write_results
+from pipeline.search.tuner import Budget, SparseTuner, analytical_costs
 
 OPTIMIZERS = ("sparse", "random", "kt-bayes")
 RUN_FILE = "run.json"

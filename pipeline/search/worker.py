@@ -27,13 +27,13 @@ from keras_tuner.src import protos
 from keras_tuner.src.engine import hyperparameters as hp_module
 from keras_tuner.src.engine import trial as trial_module
 
-from pipeline.builder import SparseHyperModel
-from pipeline.chief import GRPC_OPTIONS, SERVICE, data_fingerprint, pack_files, to_proto
 from pipeline.datasets import load_dataset
 from pipeline.errors import UserError
-from pipeline.oracle import RandomOracle
-from pipeline.search import make_budget
-from pipeline.tuner import SparseTuner
+from pipeline.search.builder import SparseHyperModel
+from pipeline.search.chief import GRPC_OPTIONS, SERVICE, data_fingerprint, pack_files, to_proto
+from pipeline.search.oracle import RandomOracle
+from pipeline.search.run import make_budget
+from pipeline.search.tuner import SparseTuner
 
 ENVIRONMENT = ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT")
 IDLE_POLL_S = 2.0

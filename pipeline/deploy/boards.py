@@ -8,9 +8,10 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from pipeline import REPO_ROOT
 from pipeline.errors import UserError
 
-BOARD_FACTS_PATH = Path(__file__).resolve().parent.parent / "tflm_project" / "boards" / "board_facts.tsv"
+BOARD_FACTS_PATH = REPO_ROOT / "tflm_project" / "boards" / "board_facts.tsv"
 
 
 @dataclasses.dataclass(frozen=True)

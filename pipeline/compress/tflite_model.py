@@ -19,8 +19,9 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from pipeline.costs import GraphOp, ResourceGraph
+from pipeline import REPO_ROOT
 from pipeline.errors import UserError
+from pipeline.search.costs import GraphOp, ResourceGraph
 
 CALIBRATION_SAMPLES = 200
 WEIGHTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
@@ -222,7 +223,7 @@ def smallest_arena(data: bytes, upper: int | None = None) -> int:
     Read from TFLM's RecordingMicroAllocator after one run in a generous
     arena, then checked by allocating and running in exactly that size; only
     if that fails is the size searched (upwards, then by bisection). Every
-    allocation that may fail runs in a child process (`pipeline.tflm_probe`):
+    allocation that may fail runs in a child process (`pipeline.compress.tflm_probe`):
     a failed allocation corrupts the tflite-micro wheel's state.
 
     Raises:
@@ -265,8 +266,8 @@ def _probe(path: Path, arena: int) -> bool:
     import subprocess
 
     try:
-        return subprocess.run([sys.executable, "-m", "pipeline.tflm_probe", str(path), str(arena)],
-                              cwd=Path(__file__).resolve().parent.parent, timeout=120,
+        return subprocess.run([sys.executable, "-m", "pipeline.compress.tflm_probe", str(path), str(arena)],
+                              cwd=REPO_ROOT, timeout=120,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
     except subprocess.TimeoutExpired:
         return False

@@ -15,7 +15,7 @@ engine an upper envelope fitted over measured models:
   arena above WM).
 
 The AOT engine stores weights block-sparse and its arena is planned by
-:func:`pipeline.costs.arena_plan`; TFLM stores the flatbuffer's dense
+:func:`pipeline.search.costs.arena_plan`; TFLM stores the flatbuffer's dense
 weights and plans its own arena.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.boards import BOARD_FACTS_PATH
+from pipeline.deploy.boards import BOARD_FACTS_PATH
 from pipeline.errors import UserError
 
 ENGINE_COSTS_PATH = BOARD_FACTS_PATH.parent / "engine_costs.tsv"
@@ -120,7 +120,7 @@ def write_engine_costs(rows: list[EngineCost], path: Path = ENGINE_COSTS_PATH) -
     lines = ["# Bytes an engine adds on a board beyond the model's weights and activations, as fixed +",
              "# per_op x operators + per_channel x output channels of the weighted layers: an upper",
              "# envelope over measured models plus a stated margin (see the script). Written by",
-             "# scripts/measure_engine_costs.py; read by pipeline/engine_costs.py. Do not edit by hand.",
+             "# scripts/measure_engine_costs.py; read by pipeline/deploy/engine_costs.py. Do not edit by hand.",
              "# " + "\t".join(COLUMNS)]
     for key in sorted(kept):
         row = kept[key]

@@ -5,8 +5,8 @@ import keras_tuner
 import tensorflow as tf
 import tf_keras
 
-from pipeline.architecture import Architecture, decode, plan
-from pipeline.space import declare_space
+from pipeline.search.architecture import Architecture, decode, plan
+from pipeline.search.space import declare_space
 
 
 @tf_keras.utils.register_keras_serializable(package="sparse")

@@ -20,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import firmware, tflite_model
-from pipeline.boards import Board, get_board
+from pipeline.compress import tflite_model
+from pipeline.deploy import firmware
+from pipeline.deploy.boards import Board, get_board
 from pipeline.errors import UserError, ensure_directory
 
 BAUD = 115200
@@ -296,8 +297,8 @@ def _read_line(link: Any, timeout: float, what: str) -> str:
 
 def latest_best_model(runs_dir: Path, data_dir: str | None = None) -> Path:
     """The best Pareto model of the most recent search under ``runs_dir``, exported if needed."""
-    from pipeline.export import export_run, latest_run, load_run
-    from pipeline.results import best_trial
+    from pipeline.deploy.export import export_run, latest_run, load_run
+    from pipeline.search.results import best_trial
 
     run_dir = latest_run(runs_dir)
     _, rows = load_run(run_dir)

@@ -10,9 +10,10 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from pipeline import REPO_ROOT
 from pipeline.errors import UserError
 
-POINTS_PATH = Path(__file__).resolve().parent.parent / "reference" / "sparse_paper_points.tsv"
+POINTS_PATH = REPO_ROOT / "reference" / "sparse_paper_points.tsv"
 KB = 1000  # the stricter reading of the paper's KB for claims that we beat it
 
 

@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import tflite_model
+from pipeline.compress import tflite_model
 from pipeline.errors import UserError
-from pipeline.results import same_trial, trial_sort_key
+from pipeline.search.results import same_trial, trial_sort_key
 
 DEVICE_SAMPLES = 100
 
@@ -124,7 +124,7 @@ def _export_trial(run_dir: Path, run: dict[str, Any], row: dict[str, Any], data,
 
 
 def _hyperparameter_names() -> set[str]:
-    from pipeline.space import hyperparameter_names
+    from pipeline.search.space import hyperparameter_names
 
     return set(hyperparameter_names())
 

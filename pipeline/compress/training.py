@@ -4,7 +4,7 @@ The schedule of one trial, for an epoch budget E:
 
 1. Dense phase, ``round(pruning_start_fraction * E)`` epochs (at most E - 1):
    train the full-width model. When a block's ``channel_keep`` is below 1,
-   a :class:`~pipeline.builder.ChannelGate` follows each of its conv layers,
+   a :class:`~pipeline.search.builder.ChannelGate` follows each of its conv layers,
    with an L1 penalty weighted by the bytes each channel costs.
 2. Structured pruning: keep the ``round(keep * filters)`` channels with the
    largest gate x kernel-magnitude, fold the gates into the layer, and copy
@@ -12,11 +12,11 @@ The schedule of one trial, for an epoch budget E:
    slicing the matching input channels of every consumer.
 3. Pruning phase, the remaining epochs: block magnitude pruning of every
    Conv2D and Dense kernel (blocks of 16 weights along each output row, see
-   :mod:`pipeline.block_pruning`; tfmot ``prune_low_magnitude`` for Dense,
+   :mod:`pipeline.compress.block_pruning`; tfmot ``prune_low_magnitude`` for Dense,
    a callback with the same semantics for Conv2D and tiny Dense kernels) with a tfmot polynomial
    schedule that ramps from 0 to the target sparsity of its group over
    ``pruning_ramp_fraction * E`` epochs, then ``strip_pruning``.
-4. The shipped form (:func:`~pipeline.builder.shipped_model`): the same
+4. The shipped form (:func:`~pipeline.search.builder.shipped_model`): the same
    weights with every FC layer as a 1x1 convolution, so that the int8 model
    computes the same in TFLite, TFLite Micro and the AOT engine.
 5. Optional quantisation-aware fine-tuning (one epoch) of the shipped form
@@ -36,9 +36,9 @@ import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 import tf_keras
 
-from pipeline.architecture import Architecture, Compression, Node, plan
-from pipeline.block_pruning import PRUNING_BLOCK, BlockPruning, KeepZeros, tfmot_can_block_prune
-from pipeline.builder import ChannelMaxPool, build_model, shipped_model
+from pipeline.compress.block_pruning import PRUNING_BLOCK, BlockPruning, KeepZeros, tfmot_can_block_prune
+from pipeline.search.architecture import Architecture, Compression, Node, plan
+from pipeline.search.builder import ChannelMaxPool, build_model, shipped_model
 
 BATCH_SIZE = 64
 GATE_STRENGTH = 1e-3
@@ -224,7 +224,7 @@ def _prune_weights(model: tf_keras.Model, compression: Compression, settings: Tr
 
     Dense kernels are wrapped in tfmot's prune_low_magnitude with a block size;
     Conv2D kernels, and Dense kernels tfmot cannot block-prune, go to the
-    returned callback (see :mod:`pipeline.block_pruning`).
+    returned callback (see :mod:`pipeline.compress.block_pruning`).
     """
     steps = int(np.ceil(samples / BATCH_SIZE)) * (settings.epochs - settings.dense_epochs)
     ramp = max(1, min(steps - 1, int(round(settings.pruning_ramp_fraction * settings.epochs

@@ -23,9 +23,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pipeline import paper
-from pipeline.boards import emulated_twin
-from pipeline.export import load_run, pareto_rows
+from pipeline.deploy import paper
+from pipeline.deploy.boards import emulated_twin
+from pipeline.deploy.export import load_run, pareto_rows
 
 _COLUMNS = ("trial", "int8 val acc %", "test acc %", "MS B", "WM B", "host arena B", "board",
             "flash B", "RAM B", "arena B", "latency", "outputs match")

@@ -15,11 +15,14 @@ import socket
 import subprocess
 from pathlib import Path
 
-from pipeline import aot, clocks, costs, tflite_graph, tflite_model, tflm
-from pipeline.boards import Board
+from pipeline import REPO_ROOT
+from pipeline.compress import tflite_graph, tflite_model
+from pipeline.deploy import aot, clocks, tflm
+from pipeline.deploy.boards import Board
 from pipeline.errors import UserError
+from pipeline.search import costs
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent / "tflm_project"
+PROJECT_DIR = REPO_ROOT / "tflm_project"
 BUILD_TIMEOUT_S = 600
 # RAM the linker keeps free for the stack (it refuses to link with less): about 4x the peak the
 # AOT engine's flat calls were measured to reach (228-244 B), and 1.3x TFLM's (1,380-1,524 B).

@@ -12,7 +12,7 @@ Plain functions over a resource graph, so they can be tested by hand:
 
 A :class:`ResourceGraph` is made from an architecture plan
 (:func:`graph_from_plan`) before training, and from a converted .tflite by
-``pipeline.tflite_model`` after it, so both describe costs the same way.
+``pipeline.compress.tflite_model`` after it, so both describe costs the same way.
 """
 from __future__ import annotations
 
@@ -21,13 +21,13 @@ import functools
 import math
 from collections.abc import Sequence
 
-from pipeline.architecture import Compression, Node
+from pipeline.search.architecture import Compression, Node
 
 KERNEL_BYTES = 1
 BIAS_BYTES = 4
 ACTIVATION_BYTES = 1
 ARENA_SEARCH_NODES = 5000  # placement orders tried when first fit misses WM
-PRUNING_BLOCK = 16  # weights per pruning block along an output row; see pipeline.block_pruning
+PRUNING_BLOCK = 16  # weights per pruning block along an output row; see pipeline.compress.block_pruning
 AOT_DENSE_ALLOWANCE = 1.25  # the AOT engine may store weights dense for speed up to this x MS (goal 1.3)
 
 
@@ -143,7 +143,7 @@ def aot_weight_bytes(graph: ResourceGraph) -> int:
 
     The block-sparse bound, or up to AOT_DENSE_ALLOWANCE x MS when that is more (never more
     than every kernel dense): within it, the engine stores nearly dense layers dense, which
-    run faster (pipeline.aot).
+    run faster (pipeline.deploy.aot).
     """
     dense = dense_weight_bytes(graph) + sum(
         max(0, op.rows - op.bias_weights) * BIAS_BYTES for op in graph.ops if op.kernel_weights)

@@ -6,7 +6,7 @@ SIGSEGV (seen deterministically: construct with too small an arena, then any
 arena). So every allocation that may fail runs here, in a child process that
 imports only tflite_micro and numpy (about 0.5 s), never in the search.
 
-Usage: python -m pipeline.tflm_probe MODEL.tflite ARENA_BYTES
+Usage: python -m pipeline.compress.tflm_probe MODEL.tflite ARENA_BYTES
 Exit status 0 when the model allocates and runs one all-zero input, 1 when not.
 """
 from __future__ import annotations

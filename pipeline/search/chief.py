@@ -40,7 +40,7 @@ from keras_tuner.src.distribute.oracle_chief import OracleServicer
 from keras_tuner.src.engine import trial as trial_module
 
 from pipeline.errors import UserError
-from pipeline.search import PreparedSearch, quiet_surrogates
+from pipeline.search.run import PreparedSearch, quiet_surrogates
 
 SERVICE = "sparse_mcu.Chief"
 MAX_MESSAGE_BYTES = 256 << 20  # a trial's model files travel in one message

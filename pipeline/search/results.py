@@ -13,9 +13,9 @@ from typing import Any
 
 from keras_tuner.engine import trial as trial_module
 
-from pipeline import pareto
-from pipeline.oracle import OBJECTIVES, normalised_objectives
-from pipeline.space import hyperparameter_names
+from pipeline.search import pareto
+from pipeline.search.oracle import OBJECTIVES, normalised_objectives
+from pipeline.search.space import hyperparameter_names
 
 METRIC_COLUMNS = ("accuracy", "int8_accuracy", "float_accuracy", "model_size_bytes",
                   "working_memory_bytes", "analytical_model_size_bytes",

@@ -2,8 +2,8 @@
 
 ``decode`` turns keras-tuner values into an :class:`Architecture`. ``plan``
 turns an Architecture into a list of :class:`Node` with every tensor shape;
-``pipeline.builder`` reads that plan as a tf_keras model and
-``pipeline.costs`` reads the same plan as a resource graph, so the model that
+``pipeline.search.builder`` reads that plan as a tf_keras model and
+``pipeline.search.costs`` reads the same plan as a resource graph, so the model that
 trains and the figures that budget it cannot disagree.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from pipeline.space import MAX_BLOCKS, layer_prefix
+from pipeline.search.space import MAX_BLOCKS, layer_prefix
 
 BLOCK_POOL = 2
 
