@@ -15,6 +15,8 @@ SEED ?= 0
 DATASET_NAME = $(if $(filter npz:%,$(DATASET)),npz-$(basename $(notdir $(DATASET:npz:%=%))),$(DATASET))
 OUT ?= runs/$(DATASET_NAME)-$(BOARD)-$(OPTIMIZER)-e$(EPOCHS)-s$(SEED)$(if $(filter-out aot,$(ENGINE)),-$(ENGINE))
 DATA_DIR ?=
+# a latency budget in ms at the board's clock (the AOT engine's predicted time per inference); none by default
+MAX_LATENCY_MS ?=
 
 DATA_FLAG := $(if $(DATA_DIR),--data-dir $(DATA_DIR))
 
@@ -38,7 +40,7 @@ DEVICE_FLAGS = --board $(DEVICE_BOARD) --engine $(ENGINE) $(if $(MODEL),--model 
 # ENGINE=tflm finds TensorFlow Lite Micro in TFLM_DIR, else in the cache `make tflm` fills.
 export TFLM_DIR
 
-.PHONY: search search-distributed worker export report bench flash test bench-search bench-distributed bench-compression bench-aot bench-engines bench-pruning \
+.PHONY: search search-distributed worker export report bench flash test bench-search bench-distributed fit-latency-model bench-compression bench-aot bench-engines bench-pruning \
 	bench-check bench-baseline measure-engine-costs tflm clean-venv debian-packages lint-deps
 
 # The venv's stamp names the hash of requirements.txt, so a cached .venv (CI) is reused exactly
@@ -65,7 +67,8 @@ lint-deps: $(INSTALLED)
 
 search: $(INSTALLED)
 	$(PY) -m pipeline search --dataset $(DATASET) --trials $(TRIALS) --epochs $(EPOCHS) \
-		--board $(BOARD) --optimizer $(OPTIMIZER) --seed $(SEED) --engine $(ENGINE) --out $(OUT) $(DATA_FLAG)
+		--board $(BOARD) --optimizer $(OPTIMIZER) --seed $(SEED) --engine $(ENGINE) --out $(OUT) $(DATA_FLAG) \
+		$(if $(MAX_LATENCY_MS),--max-latency-ms $(MAX_LATENCY_MS))
 
 # The same search served to WORKERS local worker processes (0: to workers started elsewhere, which then
 # need ORACLE_HOST=0.0.0.0 and a fixed ORACLE_PORT). `make worker` runs one worker on this machine; it finds
@@ -76,7 +79,7 @@ ORACLE_PORT ?= 0
 search-distributed: $(INSTALLED)
 	$(PY) -m pipeline search-distributed --dataset $(DATASET) --trials $(TRIALS) --epochs $(EPOCHS) \
 		--board $(BOARD) --optimizer $(OPTIMIZER) --seed $(SEED) --engine $(ENGINE) --out $(OUT) $(DATA_FLAG) \
-		--workers $(WORKERS) --host $(ORACLE_HOST) --port $(ORACLE_PORT)
+		$(if $(MAX_LATENCY_MS),--max-latency-ms $(MAX_LATENCY_MS)) --workers $(WORKERS) --host $(ORACLE_HOST) --port $(ORACLE_PORT)
 
 worker: $(INSTALLED)
 	$(PY) -m pipeline worker $(DATA_FLAG)
@@ -106,6 +109,11 @@ bench-search: $(INSTALLED)
 
 bench-distributed: $(INSTALLED)
 	$(PY) scripts/bench_distributed.py $(DATA_FLAG)
+
+# Recalibrates tflm_project/boards/latency_model.tsv on QEMU from FIT_RUNS' trials, checked on RUN's exported models.
+FIT_RUNS ?=
+fit-latency-model: $(INSTALLED)
+	$(PY) scripts/fit_latency_model.py --fit $(FIT_RUNS) $(if $(RUN),--check $(RUN)) $(DATA_FLAG)
 
 bench-compression: $(INSTALLED)
 	$(PY) scripts/bench_compression.py $(RUN) $(DATA_FLAG)

@@ -37,6 +37,8 @@ def _search_flags() -> argparse.ArgumentParser:
                    "(default $SPARSE_DATA_DIR, else datasets/)")
     s.add_argument("--max-ram", type=int, default=None, help="working-memory budget in bytes")
     s.add_argument("--max-flash", type=int, default=None, help="model-size budget in bytes")
+    s.add_argument("--max-latency-ms", type=float, default=None, help="latency budget: the AOT engine's "
+                   "predicted time per inference at the board's clock (default: none)")
     s.add_argument("--quiet", action="store_true", help="no progress bar (search-distributed: no progress lines)")
     return s
 
@@ -144,7 +146,8 @@ def _search_distributed(args: argparse.Namespace) -> None:
             raise UserError(f"{flag} {value} is not allowed: give {accepted}")
     search = prepare_search(args.dataset, args.trials, args.epochs, args.board, args.optimizer, args.seed,
                             Path(args.out), data_dir=args.data_dir, max_ram=args.max_ram,
-                            max_flash=args.max_flash, engine=args.engine, max_retries_per_trial=2)
+                            max_flash=args.max_flash, engine=args.engine, max_retries_per_trial=2,
+                            max_latency_ms=args.max_latency_ms)
     with open(os.devnull, "w") if args.quiet else contextlib.nullcontext(sys.stdout) as log:
         serve(search, ChiefSettings(args.host, args.port, args.workers, args.worker_timeout, args.idle_timeout,
                                     args.threads), log=log)
@@ -183,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
 
             run_search(args.dataset, args.trials, args.epochs, args.board, args.optimizer, args.seed,
                        Path(args.out), data_dir=args.data_dir, max_ram=args.max_ram,
-                       max_flash=args.max_flash, quiet=args.quiet, engine=args.engine)
+                       max_flash=args.max_flash, quiet=args.quiet, engine=args.engine,
+                       max_latency_ms=args.max_latency_ms)
         elif args.command == "search-distributed":
             _search_distributed(args)
         elif args.command == "worker":

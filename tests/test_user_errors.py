@@ -167,3 +167,9 @@ def test_a_worker_without_its_chief_says_what_to_set_or_that_the_chief_did_not_a
 def test_search_distributed_refuses_settings_it_cannot_serve(capfd, tmp_path, flags, expected):
     _one_line_error(capfd, ["search-distributed", "--out", str(tmp_path / "run"), *flags], expected)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "nan"])
+def test_a_latency_budget_that_is_not_a_positive_time_is_refused(capfd, tmp_path, value):
+    _one_line_error(capfd, _search(tmp_path / "run", "--max-latency-ms", value), f"--max-latency-ms {value}",
+                    "milliseconds above 0")

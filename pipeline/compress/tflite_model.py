@@ -129,17 +129,23 @@ def resource_graph(data: bytes) -> ResourceGraph:
     ops = []
     for op in ops_details:
         kernel = bias = dense = rows = biases = 0
+        window = (0, 0)
         if op["op_name"] in WEIGHTED_OPS:
             weights = interp.get_tensor(op["inputs"][1])
             kernel, dense = int(np.count_nonzero(weights)), int(weights.size)
+            window = (int(weights.shape[1]), int(weights.shape[2])) if weights.ndim == 4 else (1, 1)
             rows = int(weights.shape[0])  # OHWI filters; a depthwise kernel [1,H,W,C] is one row
             if len(op["inputs"]) > 2 and op["inputs"][2] >= 0:
                 values = interp.get_tensor(op["inputs"][2])
                 bias, biases = int(np.count_nonzero(values)), int(values.size)
+        first = tensors[op["inputs"][0]]["shape"] if len(op["inputs"]) else ()
+        hw = (int(first[1]), int(first[2])) if len(first) == 4 else (1, 1)
         ops.append(GraphOp(f"{op['index']}:{op['op_name']}",
                            tuple(str(i) for i in op["inputs"] if i in activations),
                            str(op["outputs"][0]), kernel, bias, alias=op["op_name"] in ALIAS_OPS,
-                           kernel_weights=dense, rows=rows, bias_weights=biases))
+                           kernel_weights=dense, rows=rows, bias_weights=biases, kind=op["op_name"],
+                           channels=int(tensors[op["outputs"][0]]["shape"][-1]), kernel_hw=window,
+                           input_hw=hw))
     sizes = {str(i): int(np.prod(tensors[i]["shape"])) * tensors[i]["dtype"]().itemsize
              for i in activations}
     outputs = tuple(str(d["index"]) for d in interp.get_output_details())

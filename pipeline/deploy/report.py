@@ -23,9 +23,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pipeline.compress import tflite_model
 from pipeline.deploy import paper
-from pipeline.deploy.boards import emulated_twin
+from pipeline.deploy.boards import emulated_twin, get_board
 from pipeline.deploy.export import load_run, pareto_rows
+from pipeline.search.latency import load_latency_model, predicted_ms
 
 _COLUMNS = ("trial", "int8 val acc %", "test acc %", "MS B", "WM B", "host arena B", "board",
             "flash B", "RAM B", "arena B", "latency", "outputs match")
@@ -71,7 +73,10 @@ def report_rows(run_dir: Path) -> list[dict[str, Any]]:
                 "host arena B": f"{row['arena_bytes']:,}"}
         devices = device_results(run_dir, model_dir / "model_int8.tflite") or [None]
         for device in devices:
-            table.append(base | _device_columns(device))
+            columns = _device_columns(device)
+            predicted = _predicted(model_dir / "model_int8.tflite", device)
+            table.append(base | {k: v for name, value in columns.items()  # predicted beside measured
+                                 for k, v in ((name, value), *(predicted.items() if name == "latency" else ()))})
     return table
 
 
@@ -86,6 +91,17 @@ def _device_columns(device: dict[str, Any] | None) -> dict[str, str]:
     return {"board": f"{device['board']} ({device['engine']})", "flash B": f"{device['flash_bytes']:,}",
             "RAM B": f"{device['ram_bytes']:,}", "arena B": f"{device['arena_bytes']:,}",
             "latency": latency, "outputs match": f"{device['outputs_match']:.2f}"}
+
+
+def _predicted(model: Path, device: dict[str, Any] | None) -> dict[str, str]:
+    """The search's predicted latency for this model on this device (the AOT engine's only)."""
+    if device is None or device["engine"] != "aot" or not model.is_file():
+        return {"predicted latency": ""}
+    board = get_board(device["board"])
+    instructions = load_latency_model().instructions(tflite_model.resource_graph(model.read_bytes()), board.core)
+    if board.emulated:
+        return {"predicted latency": f"{instructions:,} instr"}
+    return {"predicted latency": f"{predicted_ms(instructions, board.clock_hz):.3f} ms (1 cycle/instr)"}
 
 
 def _percent(value: float | None) -> str:

@@ -44,6 +44,10 @@ class GraphOp:
     kernel_weights: int = 0  # dense kernel size, zeros included
     rows: int = 0            # output rows of the kernel (filters, or channels of a depthwise kernel)
     bias_weights: int = 0    # biases stored, zeros included
+    kind: str = ""           # the TFLite builtin it is (or converts to): CONV_2D, MAX_POOL_2D, ...
+    channels: int = 0        # channels of its output tensor
+    kernel_hw: tuple[int, int] = (0, 0)  # its kernel's window (kh, kw); (1, 1) for a 1x1 or FC kernel
+    input_hw: tuple[int, int] = (0, 0)   # its first input's height and width (1, 1 for an FC input)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +77,7 @@ def nonzeros_after_pruning(weights: int, rows: int, sparsity: float) -> int:
 def graph_from_plan(nodes: Sequence[Node], compression: Compression | None = None) -> ResourceGraph:
     """The resource graph of a planned network, with pruning targets applied."""
     ops = []
+    shapes = {node.name: node.shape for node in nodes}
     for node in nodes:
         if node.op == "input":
             continue
@@ -82,9 +87,28 @@ def graph_from_plan(nodes: Sequence[Node], compression: Compression | None = Non
                                               _sparsity(node.group, compression))
         ops.append(GraphOp(node.name, node.inputs, node.name, nonzeros, node.bias,
                            alias=node.op == "flatten", kernel_weights=node.kernel_weights,
-                           rows=_kernel_rows(node), bias_weights=node.bias))
+                           rows=_kernel_rows(node), bias_weights=node.bias, kind=PLAN_KINDS[node.op],
+                           channels=node.shape[-1], kernel_hw=_window(node),
+                           input_hw=_hw(shapes[node.inputs[0]]) if node.inputs else (0, 0)))
     sizes = {n.name: n.size * ACTIVATION_BYTES for n in nodes}
     return ResourceGraph(tuple(ops), sizes, ("input",), (nodes[-1].name,))
+
+
+# what each plan op converts to (FC layers ship as 1x1 convolutions; see pipeline.search.builder)
+PLAN_KINDS = {"channel_max": "REDUCE_MAX", "max_pool": "MAX_POOL_2D", "conv": "CONV_2D",
+              "depthwise": "DEPTHWISE_CONV_2D", "flatten": "RESHAPE", "dense": "CONV_2D", "add": "ADD",
+              "concat": "CONCATENATION"}
+
+
+def _window(node: Node) -> tuple[int, int]:
+    if not node.kernel_weights:
+        return (0, 0)
+    k = node.attrs.get("kernel", 1) if node.op in ("conv", "depthwise") else 1
+    return (k, k) if isinstance(k, int) else (int(k[0]), int(k[1]))
+
+
+def _hw(shape: tuple[int, ...]) -> tuple[int, int]:
+    return (shape[0], shape[1]) if len(shape) == 3 else (1, 1)
 
 
 def _kernel_rows(node: Node) -> int:

@@ -20,7 +20,7 @@ from pipeline.search.space import hyperparameter_names
 METRIC_COLUMNS = ("accuracy", "int8_accuracy", "float_accuracy", "model_size_bytes",
                   "working_memory_bytes", "analytical_model_size_bytes",
                   "analytical_working_memory_bytes", "aot_arena_bytes", "firmware_flash_bytes",
-                  "firmware_ram_bytes", "sparsity", "flatbuffer_bytes", "arena_bytes")
+                  "firmware_ram_bytes", "predicted_instructions", "sparsity", "flatbuffer_bytes", "arena_bytes")
 PARETO_OBJECTIVES = ("error", "model_size_bytes", "working_memory_bytes")
 HYPERVOLUME_REFERENCE = {"error": 1.0, "model_size": 1.0, "working_memory": 1.0}
 
@@ -54,7 +54,8 @@ def trial_rows(oracle) -> list[dict[str, Any]]:
         row.update({name: trial.hyperparameters.values.get(name) for name in hyperparameter_names()})
         for name in METRIC_COLUMNS:
             value = metric(name)
-            row[name] = None if value is None else (int(value) if name.endswith("bytes") else round(value, 6))
+            whole = name.endswith("bytes") or name.endswith("instructions")
+            row[name] = None if value is None else (int(value) if whole else round(value, 6))
         row["feasible"] = feasible and trained
         row["seconds"] = round(metric("seconds") or 0.0, 2)
         row["reason"] = _last_line(trial.message) if status == "failed" else ""

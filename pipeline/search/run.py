@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -25,8 +26,8 @@ from pipeline.search.tuner import Budget, SparseTuner, analytical_costs
 
 OPTIMIZERS = ("sparse", "random", "kt-bayes")
 RUN_FILE = "run.json"
-IDENTITY = ("dataset", "board", "max_ram", "max_flash", "optimizer", "seed", "epochs", "engine")
-IDENTITY_DEFAULTS = {"engine": "aot"}  # runs made before the setting existed
+IDENTITY = ("dataset", "board", "max_ram", "max_flash", "max_latency_ms", "optimizer", "seed", "epochs", "engine")
+IDENTITY_DEFAULTS = {"engine": "aot", "max_latency_ms": None}  # runs made before the setting existed
 MAX_CONSECUTIVE_FAILURES = 3
 PROJECT = "search"  # keras-tuner's project folder inside --out: search/trial_<id>/
 
@@ -66,12 +67,14 @@ def prepare_search(dataset: str, trials: int, epochs: int, board: str, optimizer
                    out: Path, data_dir: str | None = None, max_ram: int | None = None,
                    max_flash: int | None = None, engine: str = "aot",
                    on_trial_done: Callable[[], None] | None = None,
-                   max_retries_per_trial: int = 0) -> PreparedSearch:
+                   max_retries_per_trial: int = 0, max_latency_ms: float | None = None) -> PreparedSearch:
     """Checks the settings, claims ``out`` (or finds the same search there) and makes the tuner.
 
     A candidate is feasible when its MS and WM fit ``max_flash`` and
     ``max_ram`` and its firmware, with ``engine``'s measured fixed costs,
-    fits the board. ``max_retries_per_trial``: how many times a trial whose
+    fits the board, and, with ``max_latency_ms``, when the AOT engine's predicted
+    instructions per inference fit that time at the board's clock (one cycle
+    per instruction). ``max_retries_per_trial``: how many times a trial whose
     run was lost (a worker that died) is run again before it counts as failed.
     """
     if optimizer not in OPTIMIZERS:
@@ -88,6 +91,7 @@ def prepare_search(dataset: str, trials: int, epochs: int, board: str, optimizer
                               "RAM", spec.name, "the input image alone needs"),
            "max_flash": _budget("--max-flash", max_flash, spec.flash_bytes, 2, "flash", spec.name,
                                 "the log-scaled size objective needs"),
+           "max_latency_ms": _latency_budget(max_latency_ms),
            "optimizer": optimizer, "seed": seed, "epochs": epochs, "engine": engine,
            "data_dir": str(resolve_data_dir(data_dir))}  # not part of its identity: export reads it
     _claim_output_dir(out, run)
@@ -104,13 +108,23 @@ def prepare_search(dataset: str, trials: int, epochs: int, board: str, optimizer
 def make_budget(run: dict[str, Any]) -> Budget:
     """The resource budget of a run (its run.json settings)."""
     spec = get_board(run["board"])
+    latency_ms = run.get("max_latency_ms")
     return Budget(run["max_ram"], run["max_flash"], engine_cost(run["board"], run["engine"]),
-                  spec.ram_bytes, spec.flash_bytes)
+                  spec.ram_bytes, spec.flash_bytes, core=spec.core,
+                  max_latency_instructions=int(latency_ms * spec.clock_hz / 1000) if latency_ms else 0)
+
+
+def _latency_budget(value: float | None) -> float | None:
+    if value is not None and not (value > 0 and math.isfinite(value)):
+        raise UserError(f"--max-latency-ms {value} is not allowed: give a number of milliseconds above 0, "
+                        "or leave it out for no latency budget")
+    return value
 
 
 def run_search(dataset: str, trials: int, epochs: int, board: str, optimizer: str, seed: int,
                out: Path, data_dir: str | None = None, max_ram: int | None = None,
-               max_flash: int | None = None, quiet: bool = False, engine: str = "aot") -> list[dict[str, Any]]:
+               max_flash: int | None = None, quiet: bool = False, engine: str = "aot",
+               max_latency_ms: float | None = None) -> list[dict[str, Any]]:
     """Runs a search in this process until ``trials`` trials have ended; resumes when ``out`` holds the same search."""
     bar = tqdm(total=trials, desc="trials", unit="trial", disable=quiet, dynamic_ncols=True)
 
@@ -121,7 +135,7 @@ def run_search(dataset: str, trials: int, epochs: int, board: str, optimizer: st
 
     try:
         search = prepare_search(dataset, trials, epochs, board, optimizer, seed, out, data_dir, max_ram,
-                                max_flash, engine, on_trial_done)
+                                max_flash, engine, on_trial_done, max_latency_ms=max_latency_ms)
     except BaseException:
         bar.close()
         raise

@@ -26,6 +26,7 @@ from pipeline.datasets import Dataset
 from pipeline.deploy.engine_costs import EngineCost
 from pipeline.search import costs
 from pipeline.search.architecture import decode, plan
+from pipeline.search.latency import load_latency_model
 from pipeline.search.oracle import normalised_objectives
 
 MODEL_FILE = "model_int8.tflite"
@@ -41,6 +42,8 @@ class Budget:
     engine: EngineCost | None = None  # what the engine adds on the board; None: the model alone
     board_ram: int = 0
     board_flash: int = 0
+    core: str = ""  # the board's core: predicts the AOT engine's instructions per inference
+    max_latency_instructions: int = 0  # --max-latency-ms at the board's clock; 0: no latency budget
 
 
 def analytical_costs(values: Mapping[str, Any], input_shape: tuple[int, int, int], num_classes: int,
@@ -64,7 +67,9 @@ def resource_costs(graph: costs.ResourceGraph, budget: Budget) -> dict:
     (MS against --max-flash), ``working_memory`` (the AOT arena, at least WM,
     against --max-ram) and, with an engine, ``board_flash`` and ``board_ram``:
     the weights as that engine stores them plus the activations plus its
-    measured fixed costs (:mod:`pipeline.deploy.engine_costs`) against the board.
+    measured fixed costs (:mod:`pipeline.deploy.engine_costs`) against the board;
+    with a core, ``predicted_instructions`` of the AOT engine per inference
+    (:mod:`pipeline.search.latency`) and, with a latency budget, ``latency``.
     """
     ms = costs.model_size_bytes(graph)
     wm, order = costs.best_schedule(graph)  # solved once: WM and the order the arena is planned over
@@ -79,6 +84,10 @@ def resource_costs(graph: costs.ResourceGraph, budget: Budget) -> dict:
         found["firmware_ram_bytes"] = budget.engine.ram_needed(arena if aot else wm, ops, channels)
         constraints |= {"board_flash": found["firmware_flash_bytes"] - budget.board_flash,
                         "board_ram": found["firmware_ram_bytes"] - budget.board_ram}
+    if budget.core:
+        found["predicted_instructions"] = load_latency_model().instructions(graph, budget.core)
+        if budget.max_latency_instructions:
+            constraints["latency"] = found["predicted_instructions"] - budget.max_latency_instructions
     return found | {"constraints": constraints, "feasible": all(c <= 0 for c in constraints.values())}
 
 
@@ -135,8 +144,9 @@ class SparseTuner(base_tuner.BaseTuner):
         data = self.dataset
         analytic = analytical_costs(values, data.input_shape, data.num_classes, self.budget)
         if not analytic["feasible"]:
+            predicted = {k: analytic[k] for k in ("predicted_instructions",) if k in analytic}
             return self._metrics(1.0, analytic["model_size_bytes"], analytic["working_memory_bytes"],
-                                 feasible=False, seconds=time.monotonic() - started)
+                                 feasible=False, seconds=time.monotonic() - started, **predicted)
         trial_dir = Path(self.get_trial_dir(trial.trial_id))
         try:
             arch, compression = decode(values, data.input_shape, data.num_classes)
@@ -161,7 +171,8 @@ class SparseTuner(base_tuner.BaseTuner):
         int8_accuracy = float(np.mean(outputs.argmax(axis=1) == data.y_val))
         measured = resource_costs(tflite_model.resource_graph(flatbuffer), self.budget)
         ms, wm = measured["model_size_bytes"], measured["working_memory_bytes"]
-        firmware = {k: measured[k] for k in ("firmware_flash_bytes", "firmware_ram_bytes") if k in measured}
+        firmware = {k: measured[k] for k in ("firmware_flash_bytes", "firmware_ram_bytes", "predicted_instructions")
+                    if k in measured}
         return self._metrics(1.0 - int8_accuracy, ms, wm, feasible=measured["feasible"],
                              aot_arena_bytes=measured["aot_arena_bytes"], **firmware,
                              seconds=time.monotonic() - started, float_accuracy=float_accuracy,
