@@ -65,3 +65,15 @@ def test_a_run_with_padded_ids_keeps_its_padding_when_resumed(tmp_path):
     resumed = _oracle(RandomOracle, tmp_path, 20)
     resumed.reload()
     assert _run_trials(resumed, 2) == ["02", "03"]
+
+
+def test_neighbouring_seeds_draw_different_candidates(tmp_path):
+    five = _oracle(RandomOracle, tmp_path / "a", 6, seed=5)
+    six = _oracle(RandomOracle, tmp_path / "b", 6, seed=6)
+    _run_trials(five, 6)
+    _run_trials(six, 6)
+    values = lambda o: [tuple(sorted(t.hyperparameters.values.items())) for t in o.trials.values()]  # noqa: E731
+    assert not set(values(five)) & set(values(six))
+    # keras-tuner's counter made seed 6's candidates seed 5's, one value later: no value is shared either
+    firsts = lambda o: [t.hyperparameters.values["block1_layer1_filters"] for t in o.trials.values()]  # noqa: E731
+    assert firsts(five) != firsts(six)

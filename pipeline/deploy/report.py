@@ -4,7 +4,7 @@ next to what the SpArSe paper published.
 For every Pareto trial of a run it joins the trials.csv row (int8 validation
 accuracy, MS, WM, host TFLM arena), the exported model.json (test accuracy)
 and every device.json anywhere under RUN whose model is that trial's
-(flash, RAM, arena, latency, outputs_match): one row per board and engine
+(flash, RAM, arena, latency and the latency the search predicted, outputs_match): one row per board and engine
 measured, so a reader sees in one table whether the numbers on the chip are
 the ones the search promised. For the datasets the paper reports, its points
 stand beside ours (reference/sparse_paper_points.tsv), each of our models
@@ -30,7 +30,7 @@ from pipeline.deploy.export import load_run, pareto_rows
 from pipeline.search.latency import load_latency_model, predicted_ms
 
 _COLUMNS = ("trial", "int8 val acc %", "test acc %", "MS B", "WM B", "host arena B", "board",
-            "flash B", "RAM B", "arena B", "latency", "outputs match")
+            "flash B", "RAM B", "arena B", "latency", "predicted latency", "outputs match")
 
 Block = tuple  # ("h1" | "h2" | "p", text) | ("table", header, rows) | ("img", file name, alt text)
 

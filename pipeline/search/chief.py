@@ -163,8 +163,7 @@ class Chief:
         """Writes a running trial's model files into search/trial_<id>/."""
         trial_id, files = unpack_files(message)
         with self.lock:
-            trial = self.oracle.trials.get(trial_id)
-            if trial is None or trial.status != RUNNING:
+            if not self._open(trial_id):
                 return  # a second run's copy of a trial that has ended already
             folder = Path(self.search.tuner.get_trial_dir(trial_id))
             for name, content in files.items():
@@ -177,8 +176,7 @@ class Chief:
     def end_trial(self, trial: trial_module.Trial, tuner_id: str = "") -> None:
         """Ends a trial reported by a worker; a second report of an ended trial is ignored."""
         with self.lock, quiet_surrogates():
-            record = self.oracle.trials.get(trial.trial_id)
-            if record is None or record.status != RUNNING:
+            if not self._open(trial.trial_id):
                 self._say(f"trial {trial.trial_id}: a second result ignored (the trial had ended)")
                 return
             if trial.trial_id in self.oracle._retry_queue:
@@ -186,6 +184,12 @@ class Chief:
             self._end(trial)
 
     # -- the chief's own bookkeeping ---------------------------------------------------------
+    def _open(self, trial_id: str) -> bool:
+        """A trial still waiting for its result: running, or given up on but not yet run again
+        (a worker thought lost that reports after all is taken at its word)."""
+        record = self.oracle.trials.get(trial_id)
+        return record is not None and (record.status == RUNNING or trial_id in self.oracle._retry_queue)
+
     def lose(self, tuner_id: str, reason: str) -> None:
         """Gives up on a worker: its trial goes back for a retry (or fails once retries are spent)."""
         with self.lock, quiet_surrogates():
@@ -262,7 +266,7 @@ class _Servicer(OracleServicer):
     def UpdateTrial(self, request, context):  # noqa: N802
         with self.chief.lock:
             record = self.oracle.trials.get(request.trial_id)
-            if record is None or record.status != RUNNING:  # a late report of an ended trial
+            if not self.chief._open(request.trial_id):  # a late report of an ended trial
                 trial = record or trial_module.Trial(self.oracle.get_space(), trial_id=request.trial_id)
             else:
                 trial = self.oracle.update_trial(request.trial_id, dict(request.metrics), step=request.step)

@@ -12,13 +12,14 @@ Features of one operator:
 * ``dense_macs``: multiply-accumulates of a kernel stored dense (fewer than
   DENSE_BELOW of its weights zero, as the engine's dense-for-speed choice
   keeps such layers), zeros included;
-* ``short_dense_macs`` and ``short_sparse_macs``: the same for kernels whose
-  rows are shorter than SHORT_ROW weights, which miss the wide dot products;
+* ``fc_macs``: the same for a dense kernel with one output position (an FC
+  layer), whose weights are each read once;
 * ``sparse_macs`` and ``skipped_macs``: for a kernel stored sparse, those over
   its nonzero weights and those its pruned weights would have cost (what the
   sparse walk still steps over);
-* ``outputs``, ``taps`` (outputs x kernel window positions) and ``inputs``:
-  elements written, window positions visited, elements read;
+* ``outputs``, ``taps`` (outputs x the kernel window's positions inside the
+  input) and ``inputs``: elements written, window positions visited,
+  elements read;
 * ``fixed``: 1, the call and set-up.
 
 Predicted milliseconds at a board's clock count one cycle per instruction:
@@ -36,9 +37,7 @@ from pipeline.errors import UserError
 from pipeline.search.costs import GraphOp, ResourceGraph
 
 LATENCY_MODEL_PATH = BOARD_FACTS_PATH.parent / "latency_model.tsv"
-FEATURES = ("dense_macs", "fc_macs", "short_dense_macs", "sparse_macs", "short_sparse_macs", "skipped_macs", "outputs",
-            "taps", "inputs", "fixed")
-SHORT_ROW = 16  # kernel rows (kh x kw x cin weights) shorter than this run without the wide dot products
+FEATURES = ("dense_macs", "fc_macs", "sparse_macs", "skipped_macs", "outputs", "taps", "inputs", "fixed")
 DENSE_BELOW = 0.2  # a kernel with fewer zeros than this is stored dense (the AOT engine's 1.25 x MS allowance)
 ANY_KIND = "*"  # the row fitted over every operator, for a kind the calibration never saw
 
@@ -54,16 +53,15 @@ def op_features(op: GraphOp, graph: ResourceGraph) -> dict[str, float]:
     positions *= inside_fraction(op)  # window taps in the padding cost nothing: the kernels skip them
     kept, all_macs = op.kernel_nonzeros * positions, op.kernel_weights * positions
     dense = weighted and op.kernel_nonzeros >= (1 - DENSE_BELOW) * op.kernel_weights
-    row = op.kernel_weights / (op.channels if op.kind == "DEPTHWISE_CONV_2D" else max(op.rows, 1))
-    short = weighted and not fc and row < SHORT_ROW
     features = dict.fromkeys(FEATURES, 0.0)
     if weighted:
         if dense:
-            features["fc_macs" if fc else "short_dense_macs" if short else "dense_macs"] = all_macs
+            features["fc_macs" if fc else "dense_macs"] = all_macs
         else:
-            features["short_sparse_macs" if short else "sparse_macs"] = kept
+            features["sparse_macs"] = kept
             features["skipped_macs"] = all_macs - kept
-    features.update(outputs=float(outputs), taps=float(outputs * op.kernel_hw[0] * op.kernel_hw[1]),
+    taps = outputs * op.kernel_hw[0] * op.kernel_hw[1] * inside_fraction(op)  # window positions inside
+    features.update(outputs=float(outputs), taps=float(taps),
                     inputs=float(sum(graph.tensor_bytes[i] for i in op.inputs)), fixed=1.0)
     return features
 

@@ -29,6 +29,9 @@ from pipeline.errors import UserError
 CostFunction = Callable[[Mapping[str, Any]], dict]
 OBJECTIVES = ("error", "model_size", "working_memory")
 MAX_SEED = 2**32 - 1
+# keras-tuner seeds each random value with a counter that starts at the seed and steps by one, so
+# seeds n and n + 1 drew the same candidates one value apart; each seed gets its own stretch instead
+SEED_STREAM_SPACING = 2**20
 
 
 def check_seed(seed: int) -> int:
@@ -45,6 +48,9 @@ class ReproducibleOracle(keras_tuner.Oracle):
       so seed 0 became a different random seed every run; here it is pinned
       after the base class has run (and, for keras-tuner's Bayesian oracle,
       its random state and GP are made again from it).
+    * Seeds give disjoint random streams: keras-tuner's counter started at the
+      seed, so the random candidates of seeds 5 and 6 were the same ones,
+      shifted by one value; here seed n starts at n x 2^20 (seed 0 unchanged).
     * Trial ids are plain decimal strings ("0", "1", ... "19"), whatever
       ``max_trials`` is. keras-tuner pads them to the width of max_trials,
       so a resumed search with more trials mixed "3" and "05". A run whose
@@ -58,7 +64,8 @@ class ReproducibleOracle(keras_tuner.Oracle):
 
     def __init__(self, *args, seed: int = 0, **kwargs):
         super().__init__(*args, seed=check_seed(seed), **kwargs)
-        self.seed = self._seed_state = seed
+        self.seed = seed
+        self._seed_state = seed * SEED_STREAM_SPACING
         if hasattr(self, "_make_gpr"):  # keras_tuner.oracles.BayesianOptimizationOracle
             self._random_state = np.random.RandomState(seed)
             self.gpr = self._make_gpr()
