@@ -177,3 +177,25 @@ def test_a_single_tuner_still_stops_when_every_trial_is_done(tmp_path):
     _finish(oracle, trial, 0.5)
     assert oracle.create_trial("tuner0").status == trial_module.TrialStatus.STOPPED
     assert isinstance(oracle.objective, keras_tuner.Objective)
+
+
+def test_a_worker_given_up_on_that_reports_after_all_keeps_its_result_once(tmp_path):
+    import io
+
+    from pipeline.search.chief import Chief, ChiefSettings
+    from pipeline.search.run import prepare_search
+
+    search = prepare_search("digits", 2, 1, "stm32f413", "random", 0, tmp_path / "run", max_retries_per_trial=2)
+    chief = Chief(search, ChiefSettings(workers=0, port=1), log=io.StringIO())
+    trial = chief.create_trial("worker0")
+    chief.lose("worker0", "test")  # its lease ran out: the trial waits for a retry
+    assert trial.trial_id in chief.oracle._retry_queue and chief.oracle.ongoing_trials == {}
+    chief.oracle.update_trial(trial.trial_id, {"error": 0.25, "accuracy": 0.75, "feasible": 1.0})
+    trial.status = trial_module.TrialStatus.COMPLETED
+    chief.end_trial(trial)  # worker0 was alive after all: its result is kept, the retry dropped
+    assert chief.oracle._retry_queue == []
+    assert chief.oracle.trials[trial.trial_id].status == trial_module.TrialStatus.COMPLETED
+    chief.end_trial(trial)  # the same result again: ignored
+    assert chief.oracle.end_order.count(trial.trial_id) == 1
+    assert "a second result ignored" in chief.log.getvalue()
+    assert chief.create_trial("worker1").trial_id != trial.trial_id  # the next worker gets a new trial
