@@ -27,7 +27,9 @@ from pipeline.compress import tflite_model
 from pipeline.deploy import paper
 from pipeline.deploy.boards import emulated_twin, get_board
 from pipeline.deploy.export import load_run, pareto_rows
+from pipeline.search.costs import ResourceGraph
 from pipeline.search.latency import load_latency_model, predicted_ms
+from pipeline.search.results import finish_axis, save_figure, two_panel_figure
 
 _COLUMNS = ("trial", "int8 val acc %", "test acc %", "MS B", "WM B", "host arena B", "board",
             "flash B", "RAM B", "arena B", "latency", "predicted latency", "outputs match")
@@ -71,12 +73,11 @@ def report_rows(run_dir: Path) -> list[dict[str, Any]]:
                 "test acc %": _percent(_test_accuracy(run_dir, row["trial_id"])),
                 "MS B": f"{row['model_size_bytes']:,}", "WM B": f"{row['working_memory_bytes']:,}",
                 "host arena B": f"{row['arena_bytes']:,}"}
-        devices = device_results(run_dir, model_dir / "model_int8.tflite") or [None]
+        model = model_dir / "model_int8.tflite"
+        devices = device_results(run_dir, model) or [None]
+        graph = tflite_model.resource_graph(model.read_bytes()) if model.is_file() else None
         for device in devices:
-            columns = _device_columns(device)
-            predicted = _predicted(model_dir / "model_int8.tflite", device)
-            table.append(base | {k: v for name, value in columns.items()  # predicted beside measured
-                                 for k, v in ((name, value), *(predicted.items() if name == "latency" else ()))})
+            table.append(base | _device_columns(device) | {"predicted latency": _predicted(graph, device)})
     return table
 
 
@@ -93,15 +94,15 @@ def _device_columns(device: dict[str, Any] | None) -> dict[str, str]:
             "latency": latency, "outputs match": f"{device['outputs_match']:.2f}"}
 
 
-def _predicted(model: Path, device: dict[str, Any] | None) -> dict[str, str]:
+def _predicted(graph: ResourceGraph | None, device: dict[str, Any] | None) -> str:
     """The search's predicted latency for this model on this device (the AOT engine's only)."""
-    if device is None or device["engine"] != "aot" or not model.is_file():
-        return {"predicted latency": ""}
+    if graph is None or device is None or device["engine"] != "aot":
+        return ""
     board = get_board(device["board"])
-    instructions = load_latency_model().instructions(tflite_model.resource_graph(model.read_bytes()), board.core)
+    instructions = load_latency_model().instructions(graph, board.core)
     if board.emulated:
-        return {"predicted latency": f"{instructions:,} instr"}
-    return {"predicted latency": f"{predicted_ms(instructions, board.clock_hz):.3f} ms (1 cycle/instr)"}
+        return f"{instructions:,} instr"
+    return f"{predicted_ms(instructions, board.clock_hz):.3f} ms (1 cycle/instr)"
 
 
 def _percent(value: float | None) -> str:
@@ -146,13 +147,8 @@ def _paper_blocks(run_dir: Path, run: dict[str, Any], rows: list[dict[str, Any]]
 
 def _plot_paper(path: Path, models: list[dict[str, Any]], points: list[paper.PaperPoint],
                 wins: dict[str, list[int]], run: dict[str, Any]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     exported = [m for m in models if m["test_accuracy"] is not None]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, axes = two_panel_figure()
     for ax, key, attr, label in ((axes[0], "ms_bytes", "ms_bytes", "model size MS (bytes)"),
                                  (axes[1], "wm_bytes", "wm_bytes", "working memory WM (bytes)")):
         dominant = [m for m in exported if wins[m["trial"]]]
@@ -164,15 +160,9 @@ def _plot_paper(path: Path, models: list[dict[str, Any]], points: list[paper.Pap
                        s=60, marker="D", label="ours, dominating a published point", zorder=3)
         ax.scatter([getattr(p, attr) for p in points], [100 * p.accuracy for p in points], c="black", s=90,
                    marker="*", label="SpArSe (NeurIPS 2019)", zorder=4)
-        ax.set_xscale("log")
-        ax.set_xlabel(label)
-        ax.set_ylabel("test accuracy (%)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
-    fig.suptitle(f"{run['dataset']}: our Pareto models and the paper's {points[0].paper_dataset} points")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+        finish_axis(ax, label, "test accuracy (%)")
+    save_figure(fig, path, f"{run['dataset']}: our Pareto models and the paper's {points[0].paper_dataset} points",
+                dpi=100)
 
 
 def report_blocks(run_dir: Path) -> list[Block]:

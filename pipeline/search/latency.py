@@ -50,7 +50,8 @@ def op_features(op: GraphOp, graph: ResourceGraph) -> dict[str, float]:
     weighted = bool(op.kernel_weights and op.channels)
     positions = outputs / op.channels if weighted else 0.0
     fc = weighted and positions == 1  # one output position: each weight read once, no output pairs
-    positions *= inside_fraction(op)  # window taps in the padding cost nothing: the kernels skip them
+    inside = inside_fraction(op)  # window taps in the padding cost nothing: the kernels skip them
+    positions *= inside
     kept, all_macs = op.kernel_nonzeros * positions, op.kernel_weights * positions
     dense = weighted and op.kernel_nonzeros >= (1 - DENSE_BELOW) * op.kernel_weights
     features = dict.fromkeys(FEATURES, 0.0)
@@ -60,7 +61,7 @@ def op_features(op: GraphOp, graph: ResourceGraph) -> dict[str, float]:
         else:
             features["sparse_macs"] = kept
             features["skipped_macs"] = all_macs - kept
-    taps = outputs * op.kernel_hw[0] * op.kernel_hw[1] * inside_fraction(op)  # window positions inside
+    taps = outputs * op.kernel_hw[0] * op.kernel_hw[1] * inside  # window positions inside the input
     features.update(outputs=float(outputs), taps=float(taps),
                     inputs=float(sum(graph.tensor_bytes[i] for i in op.inputs)), fixed=1.0)
     return features

@@ -128,12 +128,7 @@ def _copy_pareto_models(out: Path, front: list[dict[str, Any]]) -> None:
 
 
 def _plot(path: Path, rows: list[dict[str, Any]], run: dict[str, Any]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, axes = two_panel_figure()
     trained = [r for r in rows if r["status"] == "trained"]
     for ax, key, budget, label in ((axes[0], "model_size_bytes", run["max_flash"], "model size MS (bytes)"),
                                    (axes[1], "working_memory_bytes", run["max_ram"], "working memory WM (bytes)")):
@@ -144,14 +139,37 @@ def _plot(path: Path, rows: list[dict[str, Any]], run: dict[str, Any]) -> None:
         ax.scatter([r[key] for r in front], [100 * r["accuracy"] for r in front], c="tab:red", s=36,
                    label="Pareto (3 objectives)", zorder=3)
         ax.axvline(budget, color="tab:blue", ls="--", lw=1, label=f"budget {budget:,} B")
-        ax.set_xscale("log")
-        ax.set_xlabel(label)
-        ax.set_ylabel("int8 validation accuracy (%)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
-    fig.suptitle(f"{run['dataset']} on {run['board']}: {len(rows)} trials, optimizer {run['optimizer']}")
+        finish_axis(ax, label, "int8 validation accuracy (%)")
+    save_figure(fig, path, f"{run['dataset']} on {run['board']}: {len(rows)} trials, optimizer {run['optimizer']}",
+                dpi=110)
+
+
+def two_panel_figure():
+    """A figure of two side-by-side axes (against MS, against WM), drawn off screen."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(1, 2, figsize=(11, 4.2))
+
+
+def finish_axis(ax, xlabel: str, ylabel: str) -> None:
+    """Our plots' accuracy-against-bytes axis: log bytes, labels, a light grid, the legend bottom right."""
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+
+
+def save_figure(fig, path: Path, title: str, dpi: int) -> None:
+    """Titles, lays out, writes and closes a figure."""
+    import matplotlib.pyplot as plt
+
+    fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
 
 

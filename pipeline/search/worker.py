@@ -185,8 +185,8 @@ def run_worker(data_dir: str | None, work_dir: Path, chief_timeout_s: float = 60
         tf.config.threading.set_inter_op_parallelism_threads(threads)
     address = f"{os.environ['KERASTUNER_ORACLE_IP']}:{port}"
     objective = keras_tuner.Objective("error", "min")
-    probe = ChiefClient(address, tuner_id, chief_timeout_s, objective, 0)
-    hello = probe.hello()
+    client = ChiefClient(address, tuner_id, chief_timeout_s, objective, 0)
+    hello = client.hello()
     run = hello["run"]
     data = load_dataset(run["dataset"], data_dir)
     if data_fingerprint(data) != hello["fingerprint"]:
@@ -199,7 +199,8 @@ def run_worker(data_dir: str | None, work_dir: Path, chief_timeout_s: float = 60
                         SparseHyperModel(data.input_shape, data.num_classes), data, run["epochs"],
                         make_budget(run), run["seed"], heartbeat_s=hello["heartbeat_s"],
                         directory=str(work_dir), project_name="search")
-    tuner.oracle = ChiefClient(address, tuner_id, chief_timeout_s, objective, hello["trials"])
+    client.max_trials = hello["trials"]
+    tuner.oracle = client  # in place of keras-tuner's OracleClient: bounded waits, heartbeats, model files
     ran = []
     tuner.on_trial_done = lambda: ran.append(1)
     tuner.search(verbose=0)
