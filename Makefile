@@ -17,6 +17,17 @@ OUT ?= runs/$(DATASET_NAME)-$(BOARD)-$(OPTIMIZER)-e$(EPOCHS)-s$(SEED)$(if $(filt
 DATA_DIR ?=
 # a latency budget in ms at the board's clock (the AOT engine's predicted time per inference); none by default
 MAX_LATENCY_MS ?=
+# the accuracy floor (a fraction; empty: the dataset's default, 60 % of the way from chance to 100 %; 0: none)
+MIN_ACCURACY ?=
+# EARLY_STOPPING=1 stops hopeless trials at epochs E/3 and E/9; MORPHISM_TRIALS=N makes the last N trials
+# morphisms of Pareto models, fine-tuned MORPHISM_EPOCHS epochs (empty: a third of EPOCHS)
+EARLY_STOPPING ?=
+MORPHISM_TRIALS ?= 0
+MORPHISM_EPOCHS ?=
+STRATEGY_FLAGS = $(if $(MAX_LATENCY_MS),--max-latency-ms $(MAX_LATENCY_MS)) \
+	$(if $(MIN_ACCURACY),--min-accuracy $(MIN_ACCURACY)) $(if $(EARLY_STOPPING),--early-stopping) \
+	$(if $(filter-out 0,$(MORPHISM_TRIALS)),--morphism-trials $(MORPHISM_TRIALS)) \
+	$(if $(MORPHISM_EPOCHS),--morphism-epochs $(MORPHISM_EPOCHS))
 
 DATA_FLAG := $(if $(DATA_DIR),--data-dir $(DATA_DIR))
 
@@ -40,7 +51,7 @@ DEVICE_FLAGS = --board $(DEVICE_BOARD) --engine $(ENGINE) $(if $(MODEL),--model 
 # ENGINE=tflm finds TensorFlow Lite Micro in TFLM_DIR, else in the cache `make tflm` fills.
 export TFLM_DIR
 
-.PHONY: search search-distributed worker export report bench flash test bench-search bench-distributed fit-latency-model bench-compression bench-aot bench-engines bench-pruning \
+.PHONY: search search-distributed worker export report bench flash test bench-search reproduce bench-distributed fit-latency-model bench-compression bench-aot bench-engines bench-pruning \
 	bench-check bench-baseline measure-engine-costs tflm clean-venv debian-packages lint-deps
 
 # The venv's stamp names the hash of requirements.txt, so a cached .venv (CI) is reused exactly
@@ -68,7 +79,7 @@ lint-deps: $(INSTALLED)
 search: $(INSTALLED)
 	$(PY) -m pipeline search --dataset $(DATASET) --trials $(TRIALS) --epochs $(EPOCHS) \
 		--board $(BOARD) --optimizer $(OPTIMIZER) --seed $(SEED) --engine $(ENGINE) --out $(OUT) $(DATA_FLAG) \
-		$(if $(MAX_LATENCY_MS),--max-latency-ms $(MAX_LATENCY_MS))
+		$(STRATEGY_FLAGS)
 
 # The same search served to WORKERS local worker processes (0: to workers started elsewhere, which then
 # need ORACLE_HOST=0.0.0.0 and a fixed ORACLE_PORT). `make worker` runs one worker on this machine; it finds
@@ -79,7 +90,7 @@ ORACLE_PORT ?= 0
 search-distributed: $(INSTALLED)
 	$(PY) -m pipeline search-distributed --dataset $(DATASET) --trials $(TRIALS) --epochs $(EPOCHS) \
 		--board $(BOARD) --optimizer $(OPTIMIZER) --seed $(SEED) --engine $(ENGINE) --out $(OUT) $(DATA_FLAG) \
-		$(if $(MAX_LATENCY_MS),--max-latency-ms $(MAX_LATENCY_MS)) --workers $(WORKERS) --host $(ORACLE_HOST) --port $(ORACLE_PORT)
+		$(STRATEGY_FLAGS) --workers $(WORKERS) --host $(ORACLE_HOST) --port $(ORACLE_PORT)
 
 worker: $(INSTALLED)
 	$(PY) -m pipeline worker $(DATA_FLAG)
@@ -106,6 +117,10 @@ test: $(INSTALLED)
 
 bench-search: $(INSTALLED)
 	$(PY) scripts/bench_search.py $(DATA_FLAG)
+
+# The whole method at a budget that fits 2 hours on 2 cores, exported, beside the SpArSe paper's points.
+reproduce: $(INSTALLED)
+	$(PY) scripts/reproduce.py --dataset $(DATASET) --seed $(SEED) $(DATA_FLAG)
 
 bench-distributed: $(INSTALLED)
 	$(PY) scripts/bench_distributed.py $(DATA_FLAG)

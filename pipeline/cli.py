@@ -28,7 +28,7 @@ def _search_flags() -> argparse.ArgumentParser:
     s.add_argument("--trials", type=int, default=20)
     s.add_argument("--epochs", type=int, default=10)
     s.add_argument("--board", default="stm32f413", help="a row of tflm_project/boards/board_facts.tsv")
-    s.add_argument("--optimizer", default="sparse", help="sparse, random or kt-bayes")
+    s.add_argument("--optimizer", default="sparse", help="sparse, random, kt-bayes or nsga2 (Optuna's NSGA-II)")
     s.add_argument("--engine", default="aot", help="the engine the models must fit the board with: aot or "
                    "tflm (its measured fixed costs count against the board's RAM and flash)")
     s.add_argument("--seed", type=int, default=0)
@@ -39,8 +39,25 @@ def _search_flags() -> argparse.ArgumentParser:
     s.add_argument("--max-flash", type=int, default=None, help="model-size budget in bytes")
     s.add_argument("--max-latency-ms", type=float, default=None, help="latency budget: the AOT engine's "
                    "predicted time per inference at the board's clock (default: none)")
+    s.add_argument("--min-accuracy", type=float, default=None, help="accuracy floor, a fraction: candidates "
+                   "unlikely to clear it are not proposed, and the front counts only models above it "
+                   "(default: 60%% of the way from chance to 100%%; 0: no floor)")
+    s.add_argument("--early-stopping", action="store_true", help="stop a trial at epoch E/3 or E/9 when smaller "
+                   "trials did better there, and spend the saved epochs on more trials (search only)")
+    s.add_argument("--morphism-trials", type=int, default=0, help="SpArSe's third stage: the last N trials are "
+                   "network morphisms of Pareto models, built from their trained weights (sparse, search only; "
+                   "default 0)")
+    s.add_argument("--morphism-epochs", type=int, default=None, help="fine-tuning epochs of a morphed child "
+                   "(default: a third of --epochs, at least 1)")
     s.add_argument("--quiet", action="store_true", help="no progress bar (search-distributed: no progress lines)")
     return s
+
+
+def _strategy(args: argparse.Namespace) -> dict:
+    """The search-strategy settings of a search command, as prepare_search's keywords."""
+    return {"max_latency_ms": args.max_latency_ms, "min_accuracy": args.min_accuracy,
+            "early_stop": args.early_stopping, "morphism_trials": args.morphism_trials,
+            "morphism_epochs": args.morphism_epochs}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -144,10 +161,14 @@ def _search_distributed(args: argparse.Namespace) -> None:
     for flag, value, ok, accepted in checks:
         if not ok:
             raise UserError(f"{flag} {value} is not allowed: give {accepted}")
+    if args.early_stopping or args.morphism_trials:
+        flag = "--early-stopping" if args.early_stopping else f"--morphism-trials {args.morphism_trials}"
+        raise UserError(f"{flag} is not available with search-distributed: a worker sees neither the other "
+                        "trials' accuracies mid-training nor their trained models; leave it out, or use search")
     search = prepare_search(args.dataset, args.trials, args.epochs, args.board, args.optimizer, args.seed,
                             Path(args.out), data_dir=args.data_dir, max_ram=args.max_ram,
                             max_flash=args.max_flash, engine=args.engine, max_retries_per_trial=2,
-                            max_latency_ms=args.max_latency_ms)
+                            **_strategy(args))
     with open(os.devnull, "w") if args.quiet else contextlib.nullcontext(sys.stdout) as log:
         serve(search, ChiefSettings(args.host, args.port, args.workers, args.worker_timeout, args.idle_timeout,
                                     args.threads), log=log)
@@ -186,8 +207,7 @@ def main(argv: list[str] | None = None) -> int:
 
             run_search(args.dataset, args.trials, args.epochs, args.board, args.optimizer, args.seed,
                        Path(args.out), data_dir=args.data_dir, max_ram=args.max_ram,
-                       max_flash=args.max_flash, quiet=args.quiet, engine=args.engine,
-                       max_latency_ms=args.max_latency_ms)
+                       max_flash=args.max_flash, quiet=args.quiet, engine=args.engine, **_strategy(args))
         elif args.command == "search-distributed":
             _search_distributed(args)
         elif args.command == "worker":

@@ -173,3 +173,29 @@ def test_search_distributed_refuses_settings_it_cannot_serve(capfd, tmp_path, fl
 def test_a_latency_budget_that_is_not_a_positive_time_is_refused(capfd, tmp_path, value):
     _one_line_error(capfd, _search(tmp_path / "run", "--max-latency-ms", value), f"--max-latency-ms {value}",
                     "milliseconds above 0")
+
+
+@pytest.mark.parametrize("value", ["1", "-0.1", "nan", "1.5"])
+def test_an_accuracy_floor_that_is_not_a_fraction_below_one_is_refused(capfd, tmp_path, value):
+    _one_line_error(capfd, _search(tmp_path / "run", "--min-accuracy", value), f"--min-accuracy {value}",
+                    "fraction from 0")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("flags,expected", [(["--morphism-trials", "1"], "fewer than --trials 1"),
+                                            (["--trials", "4", "--morphism-trials", "2", "--optimizer", "random"],
+                                             "needs --optimizer sparse"),
+                                            (["--trials", "4", "--morphism-trials", "2", "--morphism-epochs", "0"],
+                                             "--morphism-epochs 0"),
+                                            (["--trials", "4", "--morphism-trials", "-1"], "--morphism-trials -1")])
+def test_a_morphism_stage_that_cannot_run_is_refused(capfd, tmp_path, flags, expected):
+    _one_line_error(capfd, _search(tmp_path / "run", *flags), expected)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("flags,expected", [(["--early-stopping"], "--early-stopping"),
+                                            (["--trials", "4", "--morphism-trials", "1"], "--morphism-trials 1")])
+def test_search_distributed_refuses_the_strategies_a_worker_cannot_follow(capfd, tmp_path, flags, expected):
+    _one_line_error(capfd, ["search-distributed", "--out", str(tmp_path / "run"), *flags], expected,
+                    "not available with search-distributed")
+    assert not (tmp_path / "run").exists()

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -81,13 +81,34 @@ class TrainingSettings:
         return min(self.epochs - 1, int(round(self.pruning_start_fraction * self.epochs)))
 
 
+EpochHook = Callable[[int, tf_keras.Model], None]
+
+
+class _AfterEpoch(tf_keras.callbacks.Callback):
+    """Calls ``hook(epoch, model)`` after every epoch, counting epochs across the trial's phases."""
+
+    def __init__(self, hook: EpochHook, first_epoch: int):
+        super().__init__()
+        self.hook = hook
+        self.first_epoch = first_epoch
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:  # noqa: D102
+        self.hook(self.first_epoch + epoch + 1, self.model)
+
+
 def train_candidate(arch: Architecture, compression: Compression, settings: TrainingSettings,
-                    x: np.ndarray, y: np.ndarray, seed: int) -> tf_keras.Model:
+                    x: np.ndarray, y: np.ndarray, seed: int,
+                    after_epoch: EpochHook | None = None) -> tf_keras.Model:
     """Trains, channel-prunes and block-prunes one candidate; returns its float model in shipped form.
 
     The same seed gives the same weights on the same machine: every random
     generator is seeded and TensorFlow's ops run deterministically.
+
+    ``after_epoch(epoch, model)`` runs after each of the E epochs (1-based, dense
+    and pruning phases counted together); an exception it raises ends the
+    training (early stopping raises :class:`~pipeline.search.early_stopping.Stopped`).
     """
+    hooks = (lambda first: [_AfterEpoch(after_epoch, first)]) if after_epoch else (lambda first: [])
     tf.config.experimental.enable_op_determinism()
     tf_keras.utils.set_random_seed(seed)
     structured = any(k < 1.0 for k in compression.block_channel_keep)
@@ -95,14 +116,39 @@ def train_candidate(arch: Architecture, compression: Compression, settings: Trai
     model = build_model(arch, gates)
     _compile(model, settings.learning_rate)
     if settings.dense_epochs:
-        model.fit(x, y, batch_size=BATCH_SIZE, epochs=settings.dense_epochs, verbose=0, shuffle=True)
+        model.fit(x, y, batch_size=BATCH_SIZE, epochs=settings.dense_epochs, verbose=0, shuffle=True,
+                  callbacks=hooks(0))
     if structured:
         model = prune_channels(model, arch, compression)
         arch = arch.with_channel_keep(compression.block_channel_keep)
+    return _prune_and_ship(model, arch, compression, settings, x, y, hooks(settings.dense_epochs))
+
+
+def finetune_candidate(model: tf_keras.Model, arch: Architecture, compression: Compression,
+                       settings: TrainingSettings, x: np.ndarray, y: np.ndarray, seed: int,
+                       after_epoch: EpochHook | None = None) -> tf_keras.Model:
+    """Fine-tunes a model that starts from trained weights (a morphed child); returns it in shipped form.
+
+    ``model`` is the training form of ``arch``, already as narrow as channel
+    pruning would leave it, so there is no dense phase and no channel pruning:
+    all ``settings.epochs`` epochs prune toward ``compression``'s sparsities,
+    then the model is shipped (and fine-tuned quantisation-aware if set).
+    """
+    tf.config.experimental.enable_op_determinism()
+    tf_keras.utils.set_random_seed(seed)
+    settings = dataclasses.replace(settings, pruning_start_fraction=0.0)
+    hooks = [_AfterEpoch(after_epoch, 0)] if after_epoch else []
+    return _prune_and_ship(model, arch, compression, settings, x, y, hooks)
+
+
+def _prune_and_ship(model: tf_keras.Model, arch: Architecture, compression: Compression,
+                    settings: TrainingSettings, x: np.ndarray, y: np.ndarray,
+                    hooks: list[tf_keras.callbacks.Callback]) -> tf_keras.Model:
+    """The pruning phase, then the shipped form and the optional quantisation-aware epoch."""
     model, block_pruning = _prune_weights(model, compression, settings, len(x))
     _compile(model, settings.learning_rate)
     model.fit(x, y, batch_size=BATCH_SIZE, epochs=settings.epochs - settings.dense_epochs, verbose=0,
-              shuffle=True, callbacks=[tfmot.sparsity.keras.UpdatePruningStep(), block_pruning])
+              shuffle=True, callbacks=[tfmot.sparsity.keras.UpdatePruningStep(), block_pruning, *hooks])
     model = shipped_model(tfmot.sparsity.keras.strip_pruning(model), arch)
     if settings.quantization_aware:
         model = _quantization_aware_finetune(model, settings.learning_rate / 10, x, y)

@@ -29,7 +29,7 @@ from pipeline.deploy.boards import emulated_twin, get_board
 from pipeline.deploy.export import load_run, pareto_rows
 from pipeline.search.costs import ResourceGraph
 from pipeline.search.latency import load_latency_model, predicted_ms
-from pipeline.search.results import finish_axis, save_figure, two_panel_figure
+from pipeline.search.results import finish_axis, run_floor, save_figure, status_counts, two_panel_figure
 
 _COLUMNS = ("trial", "int8 val acc %", "test acc %", "MS B", "WM B", "host arena B", "board",
             "flash B", "RAM B", "arena B", "latency", "predicted latency", "outputs match")
@@ -169,13 +169,11 @@ def report_blocks(run_dir: Path) -> list[Block]:
     """The whole report, as blocks both renderers share."""
     run, rows = load_run(run_dir)
     table = report_rows(run_dir)
-    counts = {s: sum(r["status"] == s for r in rows) for s in ("trained", "infeasible", "failed")}
     blocks: list[Block] = [
         ("h1", f"{run['dataset']} on {run['board']}: search, export and device report"),
         ("p", f"Run {run_dir}: optimizer {run['optimizer']}, seed {run['seed']}, {run['epochs']} epochs per "
-              f"trial, {len(rows)} trials ({counts['trained']} trained, {counts['infeasible']} over budget and "
-              f"never trained, {counts['failed']} failed); budget RAM {run['max_ram']:,} B, flash "
-              f"{run['max_flash']:,} B.")]
+              f"trial, {len(rows)} trials ({status_counts(rows)}); budget RAM {run['max_ram']:,} B, flash "
+              f"{run['max_flash']:,} B; accuracy floor {100 * run_floor(run):.2f} %.")]
     if (run_dir / "pareto.png").is_file():
         blocks.append(("img", "pareto.png", "every trial and the Pareto front, accuracy against MS and WM"))
     blocks.append(("h2", "Pareto models: the search's figures, then each device measurement"))

@@ -4,13 +4,23 @@ Random scalarisation (Paria et al. 2019, as used by SpArSe): every trial
 draws fresh weights lambda from the simplex and proposes the candidate that
 minimises the Chebyshev scalarisation ``max_k lambda_k f_k``. Only the error
 is unknown before training, so only it has a surrogate (a Gaussian process
-over the encoded hyperparameters, scored by its lower confidence bound);
+over the encoded hyperparameters and the exact log MS and log WM, scored by
+its lower confidence bound);
 model size and working memory are computed exactly for every candidate, and
 a candidate that breaks the budget is never proposed.
 
 The normalised objectives, shared with the hypervolume, all lie in [0, 1]
-for a feasible model: ``error``, ``log(MS) / log(flash budget)`` and
-``log(WM) / log(RAM budget)``.
+for a feasible model above the accuracy floor: ``error / (1 - floor)``,
+``log(MS) / log(flash budget)`` and ``log(WM) / log(RAM budget)``. Scaling the
+error to the span above the floor is what makes a point of accuracy near the
+top weigh about as much as halving a model: with the default floor on a
+two-class problem (80 %), one point is 0.05 on the error axis and halving MS
+on a 1.5 MB flash budget is 0.049 on the size axis. Without a floor (floor 0)
+one point was 0.01, and the search was pulled toward tiny, useless models.
+
+The floor is a constraint like RAM and flash (``floor - accuracy <= 0``); before
+training, the surrogate's predictive distribution says how likely a candidate
+is to clear it, and a candidate that is unlikely to is not proposed.
 """
 from __future__ import annotations
 
@@ -28,6 +38,10 @@ from pipeline.errors import UserError
 # values -> {"model_size_bytes": .., "working_memory_bytes": .., "feasible": bool}
 CostFunction = Callable[[Mapping[str, Any]], dict]
 OBJECTIVES = ("error", "model_size", "working_memory")
+# the default accuracy floor: this fraction of the way from chance (the largest class's share) to 100 %
+FLOOR_FRACTION_ABOVE_CHANCE = 0.6
+# a candidate is proposed only when the surrogate gives it at least this chance of clearing the floor
+FLOOR_CONFIDENCE = 0.1
 MAX_SEED = 2**32 - 1
 # keras-tuner seeds each random value with a counter that starts at the seed and steps by one, so
 # seeds n and n + 1 drew the same candidates one value apart; each seed gets its own stretch instead
@@ -143,10 +157,33 @@ class KerasTunerBayesianOracle(ReproducibleOracle, keras_tuner.oracles.BayesianO
         return response
 
 
+def default_min_accuracy(labels: np.ndarray) -> float:
+    """The default accuracy floor for a dataset: 60 % of the way from chance to perfect.
+
+    Chance is the share of the most frequent class among ``labels`` (the
+    training labels), what a model that always answers that class scores.
+    """
+    counts = np.bincount(np.asarray(labels).astype(int).ravel())
+    chance = float(counts.max() / counts.sum())
+    return round(chance + FLOOR_FRACTION_ABOVE_CHANCE * (1.0 - chance), 4)
+
+
+def check_min_accuracy(value: float) -> float:
+    """Returns ``value`` when it is an accuracy floor from 0 up to (not including) 1; UserError otherwise."""
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and 0.0 <= value < 1.0):
+        raise UserError(f"--min-accuracy {value} is not allowed: give a fraction from 0 (no floor) up to "
+                        "but not including 1, e.g. 0.8, or leave it out for the dataset's default")
+    return float(value)
+
+
 def normalised_objectives(error: float, model_size_bytes: float, working_memory_bytes: float,
-                          max_flash: int, max_ram: int) -> dict[str, float]:
-    """The three minimised objectives on a common [0, 1] scale (for feasible models)."""
-    return {"error": float(error),
+                          max_flash: int, max_ram: int, min_accuracy: float = 0.0) -> dict[str, float]:
+    """The three minimised objectives on a common [0, 1] scale (for feasible models above the floor).
+
+    The error is divided by the error the floor allows, ``1 - min_accuracy``,
+    so a model at the floor scores 1 on that axis and one below it more.
+    """
+    return {"error": float(error) / (1.0 - min_accuracy),
             "model_size": math.log(max(model_size_bytes, 1)) / math.log(max_flash),
             "working_memory": math.log(max(working_memory_bytes, 1)) / math.log(max_ram)}
 
@@ -161,12 +198,18 @@ class SparseOracle(ReproducibleOracle):
         num_initial_points: random feasible trials before the surrogate is used.
         num_candidates: random feasible candidates scored per proposal.
         kappa: exploration weight of the lower confidence bound on the error.
+        min_accuracy: the accuracy floor; once the surrogate is used, a candidate
+            whose chance of clearing it is below FLOOR_CONFIDENCE is not proposed.
+        morphism_trials: the length of the third stage: the last this many trials
+            are network morphisms of Pareto models (:mod:`pipeline.search.morphism`).
+        morphisms_of: a parent's values -> the morphisms it allows.
         **kwargs: passed to ReproducibleOracle (max_trials, seed, ...).
     """
 
     def __init__(self, cost_fn: CostFunction, max_flash: int, max_ram: int,
                  num_initial_points: int = 3, num_candidates: int = 300, kappa: float = 1.0,
-                 **kwargs):
+                 min_accuracy: float = 0.0, morphism_trials: int = 0,
+                 morphisms_of: Callable[[Mapping[str, Any]], list] | None = None, **kwargs):
         super().__init__(objective=keras_tuner.Objective("error", "min"), **kwargs)
         self.cost_fn = cost_fn
         self.max_flash = max_flash
@@ -174,24 +217,54 @@ class SparseOracle(ReproducibleOracle):
         self.num_initial_points = num_initial_points
         self.num_candidates = num_candidates
         self.kappa = kappa
+        self.min_accuracy = min_accuracy
+        self.morphism_trials = morphism_trials
+        self.morphisms_of = morphisms_of
+        self.morphs: dict[str, dict[str, Any]] = {}  # trial id -> its parent and morphism
         self.last_lambda: list[float] | None = None
 
     def populate_space(self, trial_id: str) -> dict:
         """Proposes the next trial's values (random at first, then by scalarised BO)."""
         self.update_space(self.hyperparameters)
         done = self._finished_feasible()
+        values = None
         if len(done) < self.num_initial_points:
             values = self._random_feasible()
-        else:
+        elif self.morphism_trials and len(self.trials) >= (self.max_trials or 0) - self.morphism_trials:
+            values = self._morph(trial_id)
+        if values is None and len(done) >= self.num_initial_points:
             values = self._propose(done, int(trial_id))
         if values is None:
             return {"status": trial_module.TrialStatus.STOPPED, "values": None}
         return {"status": trial_module.TrialStatus.RUNNING, "values": values}
 
+    def _morph(self, trial_id: str) -> dict | None:
+        """The morphism stage: a random allowed morphism of a random Pareto model (None: none allowed)."""
+        from pipeline.search import pareto
+
+        trained = [t for t in self.trials.values() if t.status == trial_module.TrialStatus.COMPLETED
+                   and t.metrics.exists("int8_accuracy") and t.metrics.get_last_value("feasible") > 0
+                   and t.metrics.get_last_value("int8_accuracy") >= self.min_accuracy]
+        points = [{k: t.metrics.get_last_value(k) for k in ("error", "model_size_bytes", "working_memory_bytes")}
+                  for t in trained]
+        mask = pareto.pareto_mask(points, ("error", "model_size_bytes", "working_memory_bytes"))
+        parents = [t for t, on in zip(trained, mask) if on]
+        rng = np.random.default_rng([self.seed, int(trial_id), 3])
+        for parent in rng.permutation(np.array(parents, dtype=object)) if parents else []:
+            allowed = [m for m in self.morphisms_of(parent.hyperparameters.values)
+                       if self.cost_fn(m.values)["feasible"] and not self._duplicate(dict(m.values))]
+            if allowed:
+                chosen = allowed[int(rng.integers(len(allowed)))]
+                self.morphs[trial_id] = {"parent": parent.trial_id, "kind": chosen.kind, "block": chosen.block,
+                                         "layer": chosen.layer, "side": chosen.side}
+                return dict(chosen.values)
+        return None
+
     def _finished_feasible(self) -> list[trial_module.Trial]:
+        """Trials whose error was measured: trained within the budget, or stopped early (their error then)."""
         return [t for t in self.trials.values()
                 if t.status == trial_module.TrialStatus.COMPLETED and t.metrics.exists("feasible")
-                and t.metrics.get_last_value("feasible") > 0]
+                and (t.metrics.get_last_value("feasible") > 0 or t.metrics.exists("stopped_at_epoch"))]
 
     def _random_feasible(self, attempts: int = 200) -> dict | None:
         last = None
@@ -208,7 +281,8 @@ class SparseOracle(ReproducibleOracle):
         rng = np.random.default_rng([self.seed, index])
         weights = rng.dirichlet(np.ones(len(OBJECTIVES)))
         self.last_lambda = [float(w) for w in weights]
-        x = np.array([self._encode(t.hyperparameters.values) for t in done])
+        x = np.array([self._features(t.hyperparameters.values, self.cost_fn(t.hyperparameters.values))
+                      for t in done])
         y = np.array([t.metrics.get_last_value("error") for t in done])
         surrogate = _fit_gp(x, y, seed=int(rng.integers(1 << 31)))
         candidates, encoded, costs = [], [], []
@@ -219,19 +293,36 @@ class SparseOracle(ReproducibleOracle):
             cost = self.cost_fn(values)
             if cost["feasible"]:
                 candidates.append(values)
-                encoded.append(self._encode(values))
+                encoded.append(self._features(values, cost))
                 costs.append(cost)
         if not candidates:
             return self._random_feasible()
         mean, std = surrogate.predict(np.array(encoded), return_std=True)
+        clears = _chance_below(1.0 - self.min_accuracy, mean, std)
+        if self.min_accuracy > 0:  # the floor as a constraint; when no candidate is likely to clear
+            keep = clears >= min(FLOOR_CONFIDENCE, float(clears.max()))  # it, the likeliest ones
+            candidates = [c for c, k in zip(candidates, keep) if k]
+            costs = [c for c, k in zip(costs, keep) if k]
+            mean, std = mean[keep], std[keep]
         best, best_score = None, math.inf
         for values, mu, sigma, cost in zip(candidates, mean, std, costs):
             f = normalised_objectives(max(0.0, mu - self.kappa * sigma), cost["model_size_bytes"],
-                                      cost["working_memory_bytes"], self.max_flash, self.max_ram)
+                                      cost["working_memory_bytes"], self.max_flash, self.max_ram,
+                                      self.min_accuracy)
             score = max(w * f[k] for w, k in zip(weights, OBJECTIVES))
             if score < best_score:
                 best, best_score = values, score
         return best
+
+    def _features(self, values: Mapping[str, Any], cost: Mapping[str, Any]) -> list[float]:
+        """The surrogate's inputs: the encoded values, then log MS and log WM as the objectives scale them.
+
+        Accuracy depends on size far more directly than on any one
+        hyperparameter, and both sizes are exact before training.
+        """
+        sizes = normalised_objectives(0.0, cost["model_size_bytes"], cost["working_memory_bytes"],
+                                      self.max_flash, self.max_ram)
+        return self._encode(values) + [sizes["model_size"], sizes["working_memory"]]
 
     def _encode(self, values: Mapping[str, Any]) -> list[float]:
         """Hyperparameters to [0, 1]^d; an inactive parameter encodes as 0."""
@@ -247,7 +338,8 @@ class SparseOracle(ReproducibleOracle):
         state = super().get_state()
         state.update(num_initial_points=self.num_initial_points, num_candidates=self.num_candidates,
                      kappa=self.kappa, max_flash=self.max_flash, max_ram=self.max_ram,
-                     last_lambda=self.last_lambda)
+                     last_lambda=self.last_lambda, min_accuracy=self.min_accuracy,
+                     morphism_trials=self.morphism_trials, morphs=self.morphs)
         return state
 
     def set_state(self, state: dict) -> None:  # noqa: D102
@@ -258,6 +350,15 @@ class SparseOracle(ReproducibleOracle):
         self.max_flash = state["max_flash"]
         self.max_ram = state["max_ram"]
         self.last_lambda = state["last_lambda"]
+        self.min_accuracy = state.get("min_accuracy", 0.0)
+        self.morphism_trials = state.get("morphism_trials", 0)
+        self.morphs = state.get("morphs", {})
+
+
+def _chance_below(limit: float, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """P(error <= limit) under the surrogate's normal predictive distribution, per candidate."""
+    z = (limit - mean) / np.maximum(std, 1e-9)
+    return 0.5 * (1.0 + np.vectorize(math.erf)(z / math.sqrt(2.0)))
 
 
 def _fit_gp(x: np.ndarray, y: np.ndarray, seed: int):

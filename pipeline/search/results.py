@@ -35,8 +35,14 @@ def same_trial(given: str, trial_id: str) -> bool:
     return given == trial_id or (given.isdigit() and trial_id.isdigit() and int(given) == int(trial_id))
 
 
-def trial_rows(oracle) -> list[dict[str, Any]]:
-    """One row per ended trial, in numeric trial-id order, with the pareto column filled in."""
+def trial_rows(oracle, min_accuracy: float = 0.0) -> list[dict[str, Any]]:
+    """One row per ended trial, in numeric trial-id order, with the pareto column filled in.
+
+    A trial's status is ``trained``, ``below-floor`` (trained, but its int8
+    accuracy is under ``min_accuracy``), ``stopped`` (early stopping),
+    ``infeasible`` (never trained: it breaks the budget) or ``failed``. Only
+    trained trials within the budget can be on the front.
+    """
     rows = []
     waiting = set(getattr(oracle, "_retry_queue", ()))  # lost runs that will run again: not ended
     for trial_id in sorted(oracle.trials, key=trial_sort_key):
@@ -50,6 +56,10 @@ def trial_rows(oracle) -> list[dict[str, Any]]:
         feasible = bool(metric("feasible")) if completed else False
         trained = completed and metric("int8_accuracy") is not None
         status = "trained" if trained else ("infeasible" if completed else "failed")
+        if trained and metric("int8_accuracy") < min_accuracy:
+            status, trained = "below-floor", False
+        elif completed and metric("stopped_at_epoch") is not None:
+            status = "stopped"
         row: dict[str, Any] = {"trial_id": trial_id, "status": status}
         row.update({name: trial.hyperparameters.values.get(name) for name in hyperparameter_names()})
         for name in METRIC_COLUMNS:
@@ -57,6 +67,10 @@ def trial_rows(oracle) -> list[dict[str, Any]]:
             whole = name.endswith("bytes") or name.endswith("instructions")
             row[name] = None if value is None else (int(value) if whole else round(value, 6))
         row["feasible"] = feasible and trained
+        row["stopped_at_epoch"] = None if metric("stopped_at_epoch") is None else int(metric("stopped_at_epoch"))
+        morph = getattr(oracle, "morphs", {}).get(trial_id)
+        row["parent_trial"] = morph["parent"] if morph else ""
+        row["morphism"] = morphism_name(morph) if morph else ""
         row["seconds"] = round(metric("seconds") or 0.0, 2)
         row["reason"] = _last_line(trial.message) if status == "failed" else ""
         rows.append(row)
@@ -73,20 +87,26 @@ def _last_line(message: str | None) -> str:
     return lines[-1][:300] if lines else "unknown failure"
 
 
-def front_hypervolume(rows: list[dict[str, Any]], max_flash: int, max_ram: int) -> float:
-    """Hypervolume of the feasible front in normalised objectives, reference point (1, 1, 1)."""
+def front_hypervolume(rows: list[dict[str, Any]], max_flash: int, max_ram: int,
+                      min_accuracy: float = 0.0) -> float:
+    """Hypervolume of the feasible front in normalised objectives, reference point (1, 1, 1).
+
+    With a floor, the error axis spans the error the floor allows, so only
+    models above the floor add volume.
+    """
     points = [normalised_objectives(1 - r["accuracy"], r["model_size_bytes"], r["working_memory_bytes"],
-                                    max_flash, max_ram) for r in rows if r["pareto"]]
+                                    max_flash, max_ram, min_accuracy) for r in rows if r["pareto"]]
     return pareto.hypervolume(points, OBJECTIVES, HYPERVOLUME_REFERENCE)
 
 
 def write_results(out: Path, oracle, run: dict[str, Any]) -> list[dict[str, Any]]:
     """Rewrites every result file of a run from the oracle's trials; returns the rows."""
-    rows = trial_rows(oracle)
+    floor = run_floor(run)
+    rows = trial_rows(oracle, floor)
     if not rows:
         return rows
     columns = ["trial_id", "status", *hyperparameter_names(), *METRIC_COLUMNS, "feasible", "pareto",
-               "seconds", "reason"]
+               "stopped_at_epoch", "parent_trial", "morphism", "seconds", "reason"]
     tmp = out / "trials.csv.tmp"
     with open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
@@ -95,9 +115,10 @@ def write_results(out: Path, oracle, run: dict[str, Any]) -> list[dict[str, Any]
             writer.writerow({k: "" if row.get(k) is None else row[k] for k in columns})
     tmp.replace(out / "trials.csv")
     front = [r for r in rows if r["pareto"]]
-    hv = front_hypervolume(rows, run["max_flash"], run["max_ram"])
+    hv = front_hypervolume(rows, run["max_flash"], run["max_ram"], floor)
     summary = {"run": run, "hypervolume": hv,
-               "hypervolume_reference": "error 1, log(MS)/log(flash budget) 1, log(WM)/log(RAM budget) 1",
+               "hypervolume_reference": f"error / (1 - floor {floor}) 1, log(MS)/log(flash budget) 1, "
+                                        "log(WM)/log(RAM budget) 1",
                "pareto": [{k: r[k] for k in ("trial_id", "accuracy", "float_accuracy", "model_size_bytes",
                                              "working_memory_bytes", "arena_bytes", "flatbuffer_bytes",
                                              "sparsity")} | {"hyperparameters": _hps(r)} for r in front]}
@@ -106,6 +127,17 @@ def write_results(out: Path, oracle, run: dict[str, Any]) -> list[dict[str, Any]
     _plot(out / "pareto.png", rows, run)
     _report(out / "report.md", rows, run, hv)
     return rows
+
+
+def morphism_name(morph: dict[str, Any]) -> str:
+    """A morphism record as trials.csv shows it, e.g. ``wider block1_layer2``."""
+    where = morph["side"] if morph["kind"] == "branch" else f"block{morph['block']}_layer{morph['layer']}"
+    return f"{morph['kind']} {where}"
+
+
+def run_floor(run: dict[str, Any]) -> float:
+    """A run's accuracy floor (0 for runs made before the floor existed)."""
+    return float(run.get("min_accuracy") or 0.0)
 
 
 def _hps(row: dict[str, Any]) -> dict[str, Any]:
@@ -139,6 +171,10 @@ def _plot(path: Path, rows: list[dict[str, Any]], run: dict[str, Any]) -> None:
         ax.scatter([r[key] for r in front], [100 * r["accuracy"] for r in front], c="tab:red", s=36,
                    label="Pareto (3 objectives)", zorder=3)
         ax.axvline(budget, color="tab:blue", ls="--", lw=1, label=f"budget {budget:,} B")
+        if run_floor(run) > 0:
+            ax.axhline(100 * run_floor(run), color="tab:green", ls=":", lw=1,
+                       label=f"accuracy floor {100 * run_floor(run):.1f} %")
+            ax.set_ylim(bottom=100 * run_floor(run) - 1, top=100.5)
         finish_axis(ax, label, "int8 validation accuracy (%)")
     save_figure(fig, path, f"{run['dataset']} on {run['board']}: {len(rows)} trials, optimizer {run['optimizer']}",
                 dpi=110)
@@ -174,13 +210,13 @@ def save_figure(fig, path: Path, title: str, dpi: int) -> None:
 
 
 def _report(path: Path, rows: list[dict[str, Any]], run: dict[str, Any], hv: float) -> None:
-    counts = {s: sum(r["status"] == s for r in rows) for s in ("trained", "infeasible", "failed")}
     lines = [f"# Search report: {run['dataset']} on {run['board']}", "",
              f"- optimizer `{run['optimizer']}`, seed {run['seed']}, {run['epochs']} epochs per trial",
-             f"- budget: RAM {run['max_ram']:,} B, flash {run['max_flash']:,} B",
-             f"- trials: {len(rows)} ({counts['trained']} trained, {counts['infeasible']} infeasible "
-             f"and never trained, {counts['failed']} failed)",
-             f"- hypervolume of the feasible front: {hv:.4f} (normalised objectives, reference point 1,1,1)",
+             f"- budget: RAM {run['max_ram']:,} B, flash {run['max_flash']:,} B; accuracy floor "
+             f"{100 * run_floor(run):.2f} %",
+             f"- trials: {len(rows)} ({status_counts(rows)})",
+             f"- hypervolume of the feasible front above the floor: {hv:.4f} (normalised objectives, "
+             "reference point 1,1,1)",
              "", "## Pareto front (int8 model, validation split)", "",
              "| trial | int8 acc % | float acc % | MS bytes | WM bytes | TFLM arena bytes | sparsity |",
              "|---|---|---|---|---|---|---|"]
@@ -193,6 +229,16 @@ def _report(path: Path, rows: list[dict[str, Any]], run: dict[str, Any], hv: flo
         lines += ["", "## Failed trials", ""] + [f"- {r['trial_id']}: {r['reason']}" for r in failed]
     lines += ["", "![Pareto front](pareto.png)", ""]
     path.write_text("\n".join(lines))
+
+
+STATUS_WORDS = {"trained": "trained", "below-floor": "trained below the accuracy floor",
+                "stopped": "stopped early", "infeasible": "infeasible and never trained", "failed": "failed"}
+
+
+def status_counts(rows: list[dict[str, Any]]) -> str:
+    """How many trials ended each way, e.g. "12 trained, 3 stopped early, 1 failed"."""
+    counts = {s: sum(r["status"] == s for r in rows) for s in STATUS_WORDS}
+    return ", ".join(f"{n} {STATUS_WORDS[s]}" for s, n in counts.items() if n or s == "trained")
 
 
 def best_trial(rows: list[dict[str, Any]]) -> dict[str, Any] | None:

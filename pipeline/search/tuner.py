@@ -21,10 +21,10 @@ from keras_tuner.engine import trial as trial_module
 from keras_tuner.errors import FailedTrialError
 
 from pipeline.compress import tflite_model
-from pipeline.compress.training import TrainingSettings, train_candidate
+from pipeline.compress.training import TrainingSettings, finetune_candidate, train_candidate
 from pipeline.datasets import Dataset
 from pipeline.deploy.engine_costs import EngineCost
-from pipeline.search import costs
+from pipeline.search import costs, early_stopping
 from pipeline.search.architecture import decode, plan
 from pipeline.search.latency import load_latency_model
 from pipeline.search.oracle import normalised_objectives
@@ -102,17 +102,35 @@ class SparseTuner(base_tuner.BaseTuner):
         budget: the board's resource budget.
         seed: base seed; trial i trains with seed + i.
         on_trial_done: called after every trial (writes results, moves the progress bar).
+        min_accuracy: the accuracy floor (its constraint in the metrics; see the oracle).
+        early_stop: stop hopeless trials at their rungs (:mod:`pipeline.search.early_stopping`);
+            needs the oracle in this process.
+        morphism_epochs: fine-tuning epochs of a morphed child (the oracle's third stage).
         **kwargs: directory and project_name for keras-tuner.
     """
 
     def __init__(self, oracle, hypermodel, dataset: Dataset, epochs: int, budget: Budget, seed: int,
-                 on_trial_done: Callable[[], None] | None = None, **kwargs):
+                 on_trial_done: Callable[[], None] | None = None, min_accuracy: float = 0.0,
+                 early_stop: bool = False, morphism_epochs: int = 1, **kwargs):
         self.dataset = dataset
         self.epochs = epochs
         self.budget = budget
         self.seed = seed
         self.on_trial_done = on_trial_done
+        self.min_accuracy = min_accuracy
+        self.early_stop = early_stop
+        self.morphism_epochs = morphism_epochs
+        self.trials_budget = 0  # the trials asked for; early stopping's saved epochs add to it
         super().__init__(oracle, hypermodel=hypermodel, **kwargs)
+
+    def update_allowance(self, trials: int | None = None) -> None:
+        """Sets the oracle's trial budget: ``trials`` plus the trials stopped trials' saved epochs pay for."""
+        if trials is not None:
+            self.trials_budget = trials
+        stopped = [t.metrics.get_last_value("stopped_at_epoch") for t in self.oracle.trials.values()
+                   if t.metrics.exists("stopped_at_epoch")]
+        self.oracle.max_trials = early_stopping.trial_allowance(self.trials_budget, self.epochs,
+                                                                [int(e) for e in stopped])
 
     def _populate_initial_space(self) -> None:
         """Declares the whole space at once (every conditional parameter included)."""
@@ -134,6 +152,8 @@ class SparseTuner(base_tuner.BaseTuner):
         try:
             super().on_trial_end(trial)
         finally:
+            if self.trials_budget:
+                self.update_allowance()
             if self.on_trial_done:
                 self.on_trial_done()
 
@@ -150,9 +170,16 @@ class SparseTuner(base_tuner.BaseTuner):
         trial_dir = Path(self.get_trial_dir(trial.trial_id))
         try:
             arch, compression = decode(values, data.input_shape, data.num_classes)
-            settings = TrainingSettings.from_values(values, self.epochs)
-            model = train_candidate(arch, compression, settings, data.x_train, data.y_train,
-                                    seed=(self.seed + int(trial.trial_id)) % 2**32)
+            rung_accuracies: dict[str, float] = {}
+            seed = (self.seed + int(trial.trial_id)) % 2**32
+            morph = getattr(self.oracle, "morphs", {}).get(trial.trial_id)
+            if morph is not None:
+                model = self._morphed_child(morph, values, compression, seed)
+            else:
+                settings = TrainingSettings.from_values(values, self.epochs)
+                hook = self._rung_check(analytic, rung_accuracies) if self.early_stop else None
+                model = train_candidate(arch, compression, settings, data.x_train, data.y_train, seed=seed,
+                                        after_epoch=hook)
             float_accuracy = float(model.evaluate(data.x_val, data.y_val, verbose=0)[1])
             flatbuffer = tflite_model.convert_int8(model, data.x_train, seed=self.seed)
             (trial_dir / MODEL_FILE).write_bytes(flatbuffer)
@@ -162,6 +189,11 @@ class SparseTuner(base_tuner.BaseTuner):
             arena = tflite_model.smallest_arena(flatbuffer)
             outputs = tflite_model.tflm_run(flatbuffer, tflite_model.quantize_inputs(flatbuffer, data.x_val),
                                             arena_bytes=arena)
+        except early_stopping.Stopped as stop:
+            return self._metrics(1.0 - stop.accuracy, analytic["model_size_bytes"],
+                                 analytic["working_memory_bytes"], feasible=False,
+                                 seconds=time.monotonic() - started, stopped_at_epoch=float(stop.epoch),
+                                 **rung_accuracies)
         except MemoryError as exc:
             raise FailedTrialError(f"out of memory: {exc}") from exc
         except FailedTrialError:
@@ -179,13 +211,56 @@ class SparseTuner(base_tuner.BaseTuner):
                              int8_accuracy=int8_accuracy, sparsity=tflite_model.kernel_sparsity(flatbuffer),
                              flatbuffer_bytes=len(flatbuffer), arena_bytes=arena,
                              analytical_model_size_bytes=analytic["model_size_bytes"],
-                             analytical_working_memory_bytes=analytic["working_memory_bytes"])
+                             analytical_working_memory_bytes=analytic["working_memory_bytes"],
+                             **rung_accuracies)
+
+    def _morphed_child(self, morph: dict, values: dict, compression, seed: int):
+        """The child of a morphism, built from its parent's trained weights and fine-tuned."""
+        from pipeline.search import morphism
+        from pipeline.search.builder import load_float_model
+
+        data = self.dataset
+        parent_dir = Path(self.get_trial_dir(morph["parent"]))
+        parent_values = self.oracle.trials[morph["parent"]].hyperparameters.values
+        _, parent_nodes = morphism.narrow_plan(parent_values, data.input_shape, data.num_classes)
+        child_arch, child_nodes = morphism.narrow_plan(values, data.input_shape, data.num_classes)
+        change = morphism.Morphism(morph["kind"], morph["block"], morph["layer"], morph["side"], values)
+        weights = morphism.morph_weights(morphism.trained_weights(load_float_model(parent_dir / KERAS_FILE),
+                                                                 parent_nodes),
+                                         parent_nodes, child_nodes, change, seed)
+        child = morphism.build_with_weights(child_arch, weights)
+        settings = TrainingSettings.from_values(values, self.morphism_epochs)
+        return finetune_candidate(child, child_arch, compression, settings, data.x_train, data.y_train, seed)
+
+    def _rung_check(self, analytic: dict, record: dict[str, float]):
+        """The after-epoch hook of early stopping: at each rung, measure, record, and stop if hopeless."""
+        checks = set(early_stopping.rungs(self.epochs))
+        data = self.dataset
+
+        def after_epoch(epoch: int, model) -> None:
+            if epoch not in checks:
+                return
+            accuracy = float(model.evaluate(data.x_val, data.y_val, verbose=0, batch_size=256)[1])
+            record[early_stopping.rung_metric(epoch)] = accuracy
+            ended = [{name: t.metrics.get_last_value(name) for name in t.metrics.metrics}
+                     for t in self.oracle.trials.values() if t.status == trial_module.TrialStatus.COMPLETED]
+            if early_stopping.hopeless(accuracy, analytic["model_size_bytes"], analytic["working_memory_bytes"],
+                                       early_stopping.rung_records(ended, epoch)):
+                raise early_stopping.Stopped(epoch, accuracy)
+
+        return after_epoch
 
     def _metrics(self, error: float, ms: int, wm: int, feasible: bool, seconds: float,
                  **extra: float) -> dict[str, float]:
-        norm = normalised_objectives(error, ms, wm, self.budget.max_flash, self.budget.max_ram)
-        # keras-tuner's stock BayesianOptimization minimises this weighted sum.
+        norm = normalised_objectives(error, ms, wm, self.budget.max_flash, self.budget.max_ram,
+                                     self.min_accuracy)
+        # keras-tuner's stock BayesianOptimization minimises this weighted sum; a model that breaks
+        # the budget pays 10, one below the accuracy floor (or stopped early) pays 1
+        floor = 1.0 - error - self.min_accuracy
         weighted = norm["error"] + 0.5 * norm["model_size"] + 0.5 * norm["working_memory"]
+        stopped = "stopped_at_epoch" in extra
+        penalty = 10.0 if not (feasible or stopped) else (1.0 if stopped or floor < 0 else 0.0)
         return {"error": error, "accuracy": 1.0 - error, "model_size_bytes": float(ms),
                 "working_memory_bytes": float(wm), "feasible": float(feasible),
-                "weighted_sum": weighted + (0.0 if feasible else 10.0), "seconds": seconds, **extra}
+                "constraint_accuracy": -floor, "weighted_sum": weighted + penalty, "seconds": seconds,
+                **extra}

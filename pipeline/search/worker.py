@@ -198,6 +198,7 @@ def run_worker(data_dir: str | None, work_dir: Path, chief_timeout_s: float = 60
     tuner = WorkerTuner(RandomOracle(objective=objective, max_trials=hello["trials"], seed=run["seed"]),
                         SparseHyperModel(data.input_shape, data.num_classes), data, run["epochs"],
                         make_budget(run), run["seed"], heartbeat_s=hello["heartbeat_s"],
+                        min_accuracy=float(run.get("min_accuracy") or 0.0),
                         directory=str(work_dir), project_name="search")
     client.max_trials = hello["trials"]
     tuner.oracle = client  # in place of keras-tuner's OracleClient: bounded waits, heartbeats, model files
