@@ -20,6 +20,7 @@ from pipeline.search.tuner import Budget, analytical_costs
 
 REPO = Path(__file__).resolve().parent.parent
 TIMEOUT_S = 900
+TRAINED = ("trained", "below-floor")  # trained to the end, whether or not above the accuracy floor
 
 
 class _Output:
@@ -95,7 +96,7 @@ def test_make_search_distributed_keeps_every_finished_trial_when_a_worker_is_kil
     assert re.search(rf"trial {first}: started on worker1", text), text
     rows = _rows(out)
     assert [r["trial_id"] for r in rows] == [str(i) for i in range(6)]  # each once, in one trials.csv
-    assert all(r["status"] == "trained" for r in rows), rows
+    assert all(r["status"] in TRAINED for r in rows), rows
     for r in rows:  # the chief wrote every trial's models, as a one-machine search does
         assert (out / "search" / f"trial_{r['trial_id']}" / "model_int8.tflite").stat().st_size > 0
     assert {p.name for p in out.iterdir()} >= {"trials.csv", "pareto.json", "pareto.png", "report.md",
@@ -107,7 +108,7 @@ def test_a_restarted_chief_resumes_the_search_and_keeps_its_finished_trials(tmp_
     proc, output = _start(_chief(out, data_dir, 3))
     try:
         pids = [int(output.wait_for(rf"worker{i}: started, pid (\d+)").group(1)) for i in range(2)]
-        done = output.wait_for(r"trial (\d+): trained; 1/3 ended").group(1)
+        done = output.wait_for(r"trial (\d+): (?:trained|below-floor); 1/3 ended").group(1)
         proc.kill()  # the chief dies at once, with trials still running
         proc.wait(timeout=30)
     finally:
@@ -124,7 +125,7 @@ def test_a_restarted_chief_resumes_the_search_and_keeps_its_finished_trials(tmp_
     assert again.wait(timeout=TIMEOUT_S) == 0, output.text
     rows = _rows(out)
     assert [r["trial_id"] for r in rows] == ["0", "1", "2"], output.text
-    assert all(r["status"] == "trained" for r in rows), rows
+    assert all(r["status"] in TRAINED for r in rows), rows
     for trial_id, row in before.items():  # kept as it was, not trained again
         assert rows[int(trial_id)] == row
         assert f"trial {trial_id}: started" not in output.text

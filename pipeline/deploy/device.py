@@ -242,9 +242,15 @@ class _NoReply(UserError):
 
 
 def _wait_ready(link: Any, board: Board) -> str:
-    """Waits for READY (returned); if it went out before the port was opened, asks for STATS instead."""
+    """Waits for READY (returned); if it went out before the port was opened, asks for STATS instead.
+
+    On a loaded host the port can open half-way through the READY line: what
+    arrives first is then its tail, and STATS is asked for as when nothing came.
+    """
     try:
         line = _read_line(link, READY_TIMEOUT_S / 2, "the firmware's READY line")
+        if not (line.startswith("READY") or line.startswith("STATS")):
+            raise _NoReply(f"the tail of a READY line: {line[:60]!r}")
     except _NoReply:
         link.write(b"\nS\n")
         line = _read_line(link, READY_TIMEOUT_S / 2, "the firmware's READY line")

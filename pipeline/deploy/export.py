@@ -76,17 +76,18 @@ def export_run(run_dir: Path, trial_id: str | None = None, data_dir: str | None 
     from pipeline.datasets import load_dataset
 
     run, rows = load_run(run_dir)
-    trained = [r["trial_id"] for r in rows if r["status"] == "trained"]
+    trained = [r["trial_id"] for r in rows if r["status"] in ("trained", "below-floor")]
     if trial_id is not None:
         row = next((r for r in rows if same_trial(str(trial_id), r["trial_id"])), None)
-        if row is None or row["status"] != "trained":
+        if row is None or row["trial_id"] not in trained:
             raise UserError(f"trial {trial_id!r} of {run_dir} has no trained model: expected one of "
                             f"{', '.join(trained) or '(none trained yet: run more trials)'}")
         chosen = [row]
     else:
         chosen = [r for r in rows if r["pareto"]]
         if not chosen and trained:
-            raise UserError(f"{run_dir} has no Pareto model (no trained trial fits the budget): run more "
+            raise UserError(f"{run_dir} has no Pareto model (no trained trial fits the budget above the "
+                            f"accuracy floor {run.get('min_accuracy') or 0}): run more "
                             f"trials, or export a trained one with --trial ID ({', '.join(trained)})")
         if not chosen:
             raise UserError(f"{run_dir} has no trained model yet (every trial was infeasible or failed; "

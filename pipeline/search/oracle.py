@@ -124,9 +124,15 @@ class ReproducibleOracle(keras_tuner.Oracle):
 
     @keras_tuner.synchronized
     def end_trial(self, trial: trial_module.Trial) -> None:
-        """keras-tuner's end_trial; when it stops the search, the trial is saved as ended first."""
+        """keras-tuner's end_trial; when it stops the search, the trial is saved as ended first.
+
+        keras-tuner saves the oracle before it takes the trial off the ongoing
+        list, so a process killed right after a trial ended came back with that
+        trial still "ongoing" and ran it again; the oracle is saved once more here.
+        """
         try:
             super().end_trial(trial)
+            self.save()
         except RuntimeError:
             ended = self.trials[trial.trial_id]
             self._save_trial(ended)
@@ -135,6 +141,13 @@ class ReproducibleOracle(keras_tuner.Oracle):
                 if ongoing.trial_id == ended.trial_id:
                     self.ongoing_trials.pop(tuner_id)
             raise
+
+
+    def set_state(self, state: dict) -> None:  # noqa: D102
+        super().set_state(state)
+        # an oracle saved by keras-tuner between a trial's end and its leaving the ongoing list
+        self.ongoing_trials = {tuner_id: t for tuner_id, t in self.ongoing_trials.items()
+                               if t.status == trial_module.TrialStatus.RUNNING}
 
 
 class RandomOracle(ReproducibleOracle, keras_tuner.oracles.RandomSearchOracle):
