@@ -234,6 +234,7 @@ class SparseOracle(ReproducibleOracle):
         self.morphism_trials = morphism_trials
         self.morphisms_of = morphisms_of
         self.morphs: dict[str, dict[str, Any]] = {}  # trial id -> its parent and morphism
+        self._features_of: dict[str, list[float]] = {}  # trial id -> surrogate inputs (values are fixed)
         self.last_lambda: list[float] | None = None
 
     def populate_space(self, trial_id: str) -> dict:
@@ -294,8 +295,7 @@ class SparseOracle(ReproducibleOracle):
         rng = np.random.default_rng([self.seed, index])
         weights = rng.dirichlet(np.ones(len(OBJECTIVES)))
         self.last_lambda = [float(w) for w in weights]
-        x = np.array([self._features(t.hyperparameters.values, self.cost_fn(t.hyperparameters.values))
-                      for t in done])
+        x = np.array([self._trial_features(t) for t in done])
         y = np.array([t.metrics.get_last_value("error") for t in done])
         surrogate = _fit_gp(x, y, seed=int(rng.integers(1 << 31)))
         candidates, encoded, costs = [], [], []
@@ -326,6 +326,13 @@ class SparseOracle(ReproducibleOracle):
             if score < best_score:
                 best, best_score = values, score
         return best
+
+    def _trial_features(self, trial: trial_module.Trial) -> list[float]:
+        """A finished trial's surrogate inputs, worked out once (its costs need the schedule solved)."""
+        if trial.trial_id not in self._features_of:
+            values = trial.hyperparameters.values
+            self._features_of[trial.trial_id] = self._features(values, self.cost_fn(values))
+        return self._features_of[trial.trial_id]
 
     def _features(self, values: Mapping[str, Any], cost: Mapping[str, Any]) -> list[float]:
         """The surrogate's inputs: the encoded values, then log MS and log WM as the objectives scale them.

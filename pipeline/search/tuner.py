@@ -262,5 +262,5 @@ class SparseTuner(base_tuner.BaseTuner):
         penalty = 10.0 if not (feasible or stopped) else (1.0 if stopped or floor < 0 else 0.0)
         return {"error": error, "accuracy": 1.0 - error, "model_size_bytes": float(ms),
                 "working_memory_bytes": float(wm), "feasible": float(feasible),
-                "constraint_accuracy": -floor, "weighted_sum": weighted + penalty, "seconds": seconds,
+                "weighted_sum": weighted + penalty, "seconds": seconds,
                 **extra}
