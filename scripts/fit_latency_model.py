@@ -3,15 +3,19 @@
 For every trained trial of the ``--fit`` runs (search/trial_*/model_int8.tflite),
 on each QEMU board: build the AOT firmware, run one test input, read the
 per-operator profile (instructions, ``-icount shift=0``), and pair each
-operator's count with its features (:mod:`pipeline.search.latency`). A
-non-negative least-squares fit per core and operator kind (and one over all
-kinds, for kinds never seen) is written to
-tflm_project/boards/latency_model.tsv.
+operator's count with the work the generator counts for it, per kernel path
+(:mod:`pipeline.deploy.aot_work`). A non-negative least-squares fit per core
+and operator kind (and one over all kinds, for kinds never seen) is written to
+tflm_project/boards/latency_model.tsv. With several --fit runs, each is then
+predicted by a fit on the others only (leave one run out).
 
 Then, for every exported model of the ``--check`` run (the models
 ``scripts/bench_aot.py`` measures; any of them that is also a fit model is
-left out of the fit), it prints predicted against measured instructions per
-inference on each board.
+left out of the fit), it prints measured instructions per inference on each
+board beside the prediction from the generator's layout (what a finished
+trial and the report show) and the estimate from the resource graph (how the
+search predicts a candidate before training, here with the model's own
+nonzeros).
 
 Usage:
     .venv/bin/python scripts/fit_latency_model.py --fit runs/a runs/b --check runs/usps2-stm32f413-sparse-e10-s0 \
@@ -37,8 +41,8 @@ from pipeline.deploy import aot  # noqa: E402
 from pipeline.deploy.boards import get_board  # noqa: E402
 from pipeline.deploy.device import run_device  # noqa: E402
 from pipeline.errors import UserError, run_script  # noqa: E402
-from pipeline.search.latency import (ANY_KIND, FEATURES, LATENCY_MODEL_PATH, load_latency_model,  # noqa: E402
-                                     op_features, write_latency_model)
+from pipeline.search.latency import (ANY_KIND, FEATURES, LATENCY_MODEL_PATH, LatencyModel,  # noqa: E402
+                                     load_latency_model, write_latency_model)
 
 BOARDS = ("qemu-stm32f4", "qemu-microbit")
 
@@ -52,11 +56,9 @@ def _measure(model: Path, board: str, dataset: str, data_dir: str | None, scratc
     result = json.loads(done.read_text()) if done.is_file() else {}
     if result.get("model_sha256") != sha:  # measured before (an interrupted calibration resumes)
         result = run_device(model, board, "aot", out, samples=1, dataset=dataset, data_dir=data_dir)
-    graph = tflite_model.resource_graph(data)
-    by_index = {int(op.name.split(":")[0]): op for op in graph.ops}
-    indices = aot.generate(data, str(model)).op_indices
-    ops = [(by_index[i].kind, op_features(by_index[i], graph), entry["latency"])
-           for i, entry in zip(indices, result["operators"])]
+    generated = aot.generate(data, str(model))
+    ops = [(name.split()[0], work, entry["latency"])
+           for name, work, entry in zip(generated.operators, generated.op_work, result["operators"])]
     return ops, result["latency_instructions"]
 
 
@@ -70,6 +72,31 @@ def _fit(samples: list[tuple[dict, int]]) -> tuple[float, ...]:
     scale = np.maximum(np.abs(x).max(axis=0), 1.0)
     coef, _ = nnls(x / scale * w[:, None], y * w)
     return tuple(float(c) for c in coef / scale)
+
+
+def _fit_all(runs) -> dict[tuple[str, str], tuple[tuple[float, ...], int]]:
+    """(core, kind) -> (coefficients, operators fitted), with one row per core over every kind."""
+    samples: dict[tuple[str, str], list] = defaultdict(list)
+    for run in runs:
+        for core, ops, _ in run:
+            for kind, work, count in ops:
+                samples[(core, kind)].append((work, count))
+                samples[(core, ANY_KIND)].append((work, count))
+    return {key: (_fit(s), len(s)) for key, s in samples.items()}
+
+
+def _cross_validate(measured: dict[Path, list[tuple[str, list, int]]]) -> None:
+    """Each fit run predicted by a model fitted on the other runs only: how well the fit carries over."""
+    print("\nLeave one run out: each run's models predicted by a fit on the other runs\n")
+    print("| held-out run | models x boards | within 20 % | median error | largest error |")
+    print("|---|---|---|---|---|")
+    for held in measured:
+        coefficients = _fit_all(items for run, items in measured.items() if run != held)
+        model = LatencyModel({key: coef for key, (coef, _) in coefficients.items()})
+        errors = [abs(sum(model.kind_instructions(kind, work, core) for kind, work, _ in ops) / total - 1)
+                  for core, ops, total in measured[held]]
+        print(f"| {held} | {len(errors)} | {sum(e <= 0.2 for e in errors)} | {100 * float(np.median(errors)):.1f} % "
+              f"| {100 * max(errors):.1f} % |")
 
 
 def main() -> int:
@@ -88,52 +115,64 @@ def main() -> int:
     dataset = args.dataset or json.loads((args.fit[0] / "run.json").read_text())["dataset"]
     checks = sorted(args.check.glob("models/*/model_int8.tflite")) if args.check else []
     held_out = {hashlib.sha256(p.read_bytes()).hexdigest() for p in checks}
-    models = [p for run in args.fit for p in sorted(run.glob("search/trial_*/model_int8.tflite"))
+    models = [(run, p) for run in args.fit for p in sorted(run.glob("search/trial_*/model_int8.tflite"))
               if hashlib.sha256(p.read_bytes()).hexdigest() not in held_out]
     if not models:
         raise UserError(f"the --fit runs {', '.join(map(str, args.fit))} hold no trained model outside --check")
     scratch = args.work_dir
-    samples: dict[tuple[str, str], list] = defaultdict(list)
+    # per fit run: (core, [(kind, work, instructions) per operator], instructions per inference)
+    measured: dict[Path, list[tuple[str, list, int]]] = defaultdict(list)
     for board in args.boards:
         core = get_board(board).core
-        measured = 0
-        for model in models:
+        count = 0
+        for run, model in models:
             try:
-                ops, _ = _measure(model, board, dataset, args.data_dir, scratch)
+                ops, total = _measure(model, board, dataset, args.data_dir, scratch)
             except UserError as exc:  # a model too big for this board calibrates the other ones only
                 print(f"{board}: skipped {model}: {str(exc)[:120]}", flush=True)
                 continue
-            measured += 1
-            for kind, features, count in ops:
-                samples[(core, kind)].append((features, count))
-                samples[(core, ANY_KIND)].append((features, count))
-        print(f"{board} ({core}): {measured} of {len(models)} models measured", flush=True)
-    rows = [(core, kind, _fit(s), len(s)) for (core, kind), s in samples.items()]
-    header = (f"Instructions per operator of the AOT engine = sum of coefficient x feature, per core and\n"
-              f"operator kind ({ANY_KIND}: every kind). Written by scripts/fit_latency_model.py from QEMU\n"
+            count += 1
+            measured[run].append((core, ops, total))
+        print(f"{board} ({core}): {count} of {len(models)} models measured", flush=True)
+    rows = [(core, kind, coef, n) for (core, kind), (coef, n) in _fit_all(measured.values()).items()]
+    header = (f"Instructions per operator of the AOT engine = sum of coefficient x work, per core and\n"
+              f"operator kind ({ANY_KIND}: every kind); the work is counted per kernel path by\n"
+              f"pipeline/deploy/aot_work.py. Written by scripts/fit_latency_model.py from QEMU\n"
               f"profiles of the models of {', '.join(str(r) for r in args.fit)} (dataset {dataset});\n"
               f"read by pipeline/search/latency.py. Do not edit by hand.")
     write_latency_model(LATENCY_MODEL_PATH, rows, header)
     print(f"wrote {LATENCY_MODEL_PATH}: {len(rows)} rows")
+    if len(measured) > 1:
+        _cross_validate(measured)
     if not checks:
         return 0
     model = load_latency_model()
-    print(f"\nPredicted against QEMU-measured instructions per inference, exported models of {args.check}\n")
-    print("| trial | board | predicted | measured | predicted / measured |")
-    print("|---|---|---|---|---|")
-    worst = 0.0
+    print(f"\nPredicted against QEMU-measured instructions per inference, exported models of {args.check}:"
+          "\nfrom the generator's layout (model_instructions), and estimated from the resource graph as the"
+          "\nsearch does before training (instructions)\n")
+    print("| trial | board | measured | predicted | predicted / measured | estimated | estimated / measured |")
+    print("|---|---|---|---|---|---|---|")
+    errors: dict[str, list[float]] = {"predicted": [], "estimated": []}
     for board in args.boards:
         core = get_board(board).core
         for path in checks:
             try:
-                _, measured = _measure(path, board, dataset, args.data_dir, scratch)
+                _, count = _measure(path, board, dataset, args.data_dir, scratch)
             except UserError as exc:
-                print(f"| {path.parent.name} | {board} | does not fit: {str(exc)[:80]} | | |")
+                print(f"| {path.parent.name} | {board} | does not fit: {str(exc)[:80]} | | | | |")
                 continue
-            predicted = model.instructions(tflite_model.resource_graph(path.read_bytes()), core)
-            worst = max(worst, abs(predicted / measured - 1))
-            print(f"| {path.parent.name} | {board} | {predicted:,} | {measured:,} | {predicted / measured:.2f} |")
-    print(f"\nlargest error: {100 * worst:.1f} %")
+            data = path.read_bytes()
+            predicted = model.model_instructions(data, core)
+            estimated = model.instructions(tflite_model.resource_graph(data), core)
+            errors["predicted"].append(predicted / count - 1)
+            errors["estimated"].append(estimated / count - 1)
+            print(f"| {path.parent.name} | {board} | {count:,} | {predicted:,} | {predicted / count:.2f} "
+                  f"| {estimated:,} | {estimated / count:.2f} |")
+    for name, values in errors.items():
+        if values:
+            within = sum(abs(e) <= 0.2 for e in values)
+            print(f"\n{name}: {within} of {len(values)} within 20 %, median error "
+                  f"{100 * float(np.median(np.abs(values))):.1f} %, largest {100 * max(map(abs, values)):.1f} %")
     return 0
 
 

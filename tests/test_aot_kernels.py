@@ -216,3 +216,37 @@ def test_the_kernel_models_reach_every_sparse_path_block_size_and_layer_kind():
     assert paths == {"expanded", "listed", "listed contiguous", "im2col", "masked", "masked taps", "walked"}
     assert {"conv", "sparse conv", "depthwise", "pool", "same", "valid", "strided", "dilated", "multiplier",
             "odd channels"} <= options
+
+
+def test_the_latency_models_count_of_work_follows_the_path_each_sparse_layer_takes():
+    """aot_work mirrors aot_conv_impl.h's choice of path: the work it counts for each block-sparse
+    layer falls on the path the generated constants send that layer down."""
+    # what each path always counts (a listed row pruned away entirely is a constant instead)
+    counter = {"listed contiguous": ("listed_outputs", "constant_outputs"), "im2col": ("im2col_bytes",),
+               "expanded": ("expand_bytes",)}
+    walks = ("listed", "masked", "masked taps", "walked")
+    seen = set()
+    for name in sorted(LAYERS) + [f"random{seed}" for seed in RANDOM_SEEDS]:
+        generated = aot.generate(_convert(name)[0])
+        paths, works = _sparse_paths(generated.source), _bitmap_layers_work(generated)
+        assert len(paths) == len(works), name
+        for path, work in zip(paths, works):
+            seen.add(path)
+            others = {c for p, cs in counter.items() if p != path for c in cs} - set(counter.get(path, ()))
+            assert not any(work[c] for c in others - {"constant_outputs"}), (name, path, work)
+            if path in counter:
+                assert sum(work[c] for c in counter[path]) > 0, (name, path, work)
+            else:  # the bitmap is read per output only where the row's blocks are neither listed nor masked
+                bits = work["walk_bits"] + work["unaligned_bits"] + work["contiguous_bits"]
+                assert (bits > 0) == (path == "walked" and work["walk_blocks"] > 0), (name, path, work)
+    assert seen == set(counter) | set(walks)
+
+
+def _bitmap_layers_work(generated: aot.AotModel) -> list[dict[str, float]]:
+    """The counted work of the CONV_2D layers stored as a block bitmap, in the generated file's order."""
+    by_index = dict(zip(generated.op_indices, generated.op_work))
+    layers = []
+    for match in _CONV_PARAMS.finditer(generated.source):
+        if match[2] != "0":
+            layers.append(by_index[int(re.search(r"op(\d+) = ", match[0])[1])])
+    return layers

@@ -11,6 +11,7 @@ import pytest
 from pipeline.compress import tflite_model
 from pipeline.compress.training import TrainingSettings, train_candidate
 from pipeline.datasets import load_dataset
+from pipeline.deploy import aot_work
 from pipeline.deploy.device import run_device
 from pipeline.search import costs
 from pipeline.search.architecture import decode, plan
@@ -23,6 +24,22 @@ REPO = Path(__file__).resolve().parent.parent
 def _graph(values: dict, shape=(16, 16, 1), classes: int = 2) -> costs.ResourceGraph:
     arch, compression = decode(values, shape, classes)
     return costs.graph_from_plan(plan(arch.with_channel_keep(compression.block_channel_keep)), compression)
+
+
+def test_work_of_a_padded_convolution_is_counted_per_path_with_the_padding_left_out():
+    # 3x3 "same" over 8x8x2, three dense filters: two run as a pair, the third alone
+    g = aot_work.ConvGeometry(8, 8, 2, 8, 8, 3, 3, 3, pad_h=1, pad_w=1)
+    work = aot_work.conv_work(g, aot_work.KernelLayout())
+    # 6 x 6 interior outputs see all 18 weights; the 28 border ones see 22 x 22 - 36 x 9 = 160 taps in all
+    assert (work["pair_macs"], work["pair_border_macs"], work["one_macs"]) == (2 * 18 * 36, 2 * 160 * 2, 18 * 36 + 160 * 2)
+    assert work["outputs"] == 3 * 64
+    assert work["border_runs"] == 28 * 3 + 28 * 3  # three kernel rows per border output: once per pair, once alone
+    # the same layer block-sparse (blocks of 2 weights, one filter pruned away, one full, one half):
+    # the full row runs dense alone, the pruned one is a constant, the half row is walked
+    layout = aot_work.KernelLayout((0, 9, 5), (0, 18, 9), 1, scratch_bytes=0)
+    work = aot_work.conv_work(g, layout)
+    assert work["constant_outputs"] == 64 and work["walk_outputs"] == 64 and work["outputs"] == 2 * 64
+    assert work["walk_macs"] == 9 * 36 + 9 / 18 * 160 * 2 and work["walk_blocks"] == 5 * 64
 
 
 def test_a_candidate_predicted_slower_than_the_budget_breaks_the_latency_constraint(base_values):
@@ -61,7 +78,7 @@ PRUNED = {"num_conv_blocks": 2, "block1_sparsity": 0.8, "block2_num_layers": 2, 
 
 
 @pytest.mark.parametrize("changes", [{}, PRUNED], ids=["dense", "pruned"])
-def test_predicted_instructions_are_within_half_of_qemus_count_on_models_outside_the_calibration(base_values, data_dir, tmp_path, changes):
+def test_predicted_instructions_are_within_a_fifth_of_qemus_count_on_models_outside_the_calibration(base_values, data_dir, tmp_path, changes):
     data = load_dataset("usps2", data_dir)
     values = base_values | changes
     arch, compression = decode(values, data.input_shape, data.num_classes)
@@ -73,6 +90,9 @@ def test_predicted_instructions_are_within_half_of_qemus_count_on_models_outside
     for board, core in (("qemu-stm32f4", "cortex-m4"), ("qemu-microbit", "cortex-m0")):
         measured = run_device(path, board, "aot", tmp_path / board, samples=1, dataset="usps2",
                               data_dir=str(data_dir))["latency_instructions"]
-        predicted = load_latency_model().instructions(graph, core)
-        # issue 12 asks for 20 %; the model fitted today is this good on models it never saw (README)
-        assert abs(predicted / measured - 1) <= 0.50, (board, predicted, measured)
+        # issue 12's 20 %, from the layout the generator gives the converted model
+        predicted = load_latency_model().model_instructions(path.read_bytes(), core)
+        assert abs(predicted / measured - 1) <= 0.20, (board, predicted, measured)
+        # the search's estimate from the resource graph, before the layout is known, is coarser
+        estimated = load_latency_model().instructions(graph, core)
+        assert abs(estimated / measured - 1) <= 0.50, (board, estimated, measured)

@@ -151,10 +151,9 @@ def test_report_shows_every_board_and_engine_a_model_was_measured_on(digits_run)
     assert rows[2][1] == f"{100 * info['test_accuracy']:.2f}"
     assert rows[2][2] == f"{int(front[0]['model_size_bytes']):,}"
     assert rows[2][6] == f"{device['flash_bytes']:,}" and all(r[-1] == "1.00" for r in rows)
-    from pipeline.compress.tflite_model import resource_graph
     from pipeline.search.latency import load_latency_model
 
-    predicted = load_latency_model().instructions(resource_graph(model.read_bytes()), "cortex-m4")
+    predicted = load_latency_model().model_instructions(model.read_bytes(), "cortex-m4")
     assert rows[2][9:11] == [f"{device['latency_instructions']:,} instr", f"{predicted:,} instr"]
     assert device["arena_bytes"] == device["working_memory_bytes"]
 

@@ -23,11 +23,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pipeline.compress import tflite_model
 from pipeline.deploy import paper
 from pipeline.deploy.boards import emulated_twin, get_board
 from pipeline.deploy.export import load_run, pareto_rows
-from pipeline.search.costs import ResourceGraph
 from pipeline.search.latency import load_latency_model, predicted_ms
 from pipeline.search.results import finish_axis, run_floor, save_figure, status_counts, two_panel_figure
 
@@ -75,9 +73,9 @@ def report_rows(run_dir: Path) -> list[dict[str, Any]]:
                 "host arena B": f"{row['arena_bytes']:,}"}
         model = model_dir / "model_int8.tflite"
         devices = device_results(run_dir, model) or [None]
-        graph = tflite_model.resource_graph(model.read_bytes()) if model.is_file() else None
+        data = model.read_bytes() if model.is_file() else None
         for device in devices:
-            table.append(base | _device_columns(device) | {"predicted latency": _predicted(graph, device)})
+            table.append(base | _device_columns(device) | {"predicted latency": _predicted(data, device)})
     return table
 
 
@@ -94,12 +92,13 @@ def _device_columns(device: dict[str, Any] | None) -> dict[str, str]:
             "latency": latency, "outputs match": f"{device['outputs_match']:.2f}"}
 
 
-def _predicted(graph: ResourceGraph | None, device: dict[str, Any] | None) -> str:
-    """The search's predicted latency for this model on this device (the AOT engine's only)."""
-    if graph is None or device is None or device["engine"] != "aot":
+def _predicted(model: bytes | None, device: dict[str, Any] | None) -> str:
+    """The predicted latency of this model on this device (the AOT engine's only), from the
+    generator's layout of the converted model."""
+    if model is None or device is None or device["engine"] != "aot":
         return ""
     board = get_board(device["board"])
-    instructions = load_latency_model().instructions(graph, board.core)
+    instructions = load_latency_model().model_instructions(model, board.core)
     if board.emulated:
         return f"{instructions:,} instr"
     return f"{predicted_ms(instructions, board.clock_hz):.3f} ms (1 cycle/instr)"

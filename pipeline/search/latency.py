@@ -1,26 +1,25 @@
-"""Predicted latency of the AOT engine: instructions per inference on a core, from the resource graph.
+"""Predicted latency of the AOT engine: instructions per inference on a core.
 
 Known before training, like MS and WM: each operator's instructions are a
-linear function of a few features of the operator, with coefficients fitted
-per operator kind and core to the per-operator profiles QEMU measures
-(``-icount shift=0``: one tick per instruction). The coefficients live in
+linear function of the work its kernel does, counted per path the kernel takes
+(:mod:`pipeline.deploy.aot_work`: multiply-accumulates and outputs of two dense
+rows per pass, of a block walk, of im2col patches, stored blocks visited, runs
+clipped at the border, ...), with coefficients fitted per operator kind and
+core to the per-operator profiles QEMU measures (``-icount shift=0``: one tick
+per instruction). The coefficients live in
 ``tflm_project/boards/latency_model.tsv``, which ``scripts/fit_latency_model.py``
 regenerates and nothing edits by hand.
 
-Features of one operator:
+Two sources of that work:
 
-* ``dense_macs``: multiply-accumulates of a kernel stored dense (fewer than
-  DENSE_BELOW of its weights zero, as the engine's dense-for-speed choice
-  keeps such layers), zeros included;
-* ``fc_macs``: the same for a dense kernel with one output position (an FC
-  layer), whose weights are each read once;
-* ``sparse_macs`` and ``skipped_macs``: for a kernel stored sparse, those over
-  its nonzero weights and those its pruned weights would have cost (what the
-  sparse walk still steps over);
-* ``outputs``, ``taps`` (outputs x the kernel window's positions inside the
-  input) and ``inputs``: elements written, window positions visited,
-  elements read;
-* ``fixed``: 1, the call and set-up.
+* :meth:`LatencyModel.model_instructions`, for a converted model: the
+  generator's own layout (stored blocks per row, scratch, the im2col choice);
+* :meth:`LatencyModel.instructions`, for a candidate's resource graph before
+  training (the search's constraint): the layout estimated from the pruning
+  targets. Rows share the kept blocks of PRUNING_BLOCK weights evenly; a
+  kernel with fewer than DENSE_BELOW of its weights zero is stored dense (the
+  engine's dense-for-speed choice keeps such layers); scratch is taken to be
+  ample.
 
 Predicted milliseconds at a board's clock count one cycle per instruction:
 a lower bound on a real Cortex-M (loads and taken branches take more), and
@@ -30,60 +29,49 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from pathlib import Path
 
+from pipeline.deploy import aot_work
 from pipeline.deploy.boards import BOARD_FACTS_PATH
 from pipeline.errors import UserError
-from pipeline.search.costs import GraphOp, ResourceGraph
+from pipeline.search.costs import PRUNING_BLOCK, GraphOp, ResourceGraph
 
 LATENCY_MODEL_PATH = BOARD_FACTS_PATH.parent / "latency_model.tsv"
-FEATURES = ("dense_macs", "fc_macs", "sparse_macs", "skipped_macs", "outputs", "taps", "inputs", "fixed")
+FEATURES = aot_work.WORK
 DENSE_BELOW = 0.2  # a kernel with fewer zeros than this is stored dense (the AOT engine's 1.25 x MS allowance)
 ANY_KIND = "*"  # the row fitted over every operator, for a kind the calibration never saw
+_AMPLE_SCRATCH = 1 << 30
 
 
 def op_features(op: GraphOp, graph: ResourceGraph) -> dict[str, float]:
-    """The features of one operator (all zero for an aliased one, which runs no code)."""
+    """The estimated work of one operator of a resource graph (all zero for an aliased one)."""
     if op.alias:
         return dict.fromkeys(FEATURES, 0.0)
     outputs = graph.tensor_bytes[op.output]
-    weighted = bool(op.kernel_weights and op.channels)
-    positions = outputs / op.channels if weighted else 0.0
-    fc = weighted and positions == 1  # one output position: each weight read once, no output pairs
-    inside = inside_fraction(op)  # window taps in the padding cost nothing: the kernels skip them
-    positions *= inside
-    kept, all_macs = op.kernel_nonzeros * positions, op.kernel_weights * positions
-    dense = weighted and op.kernel_nonzeros >= (1 - DENSE_BELOW) * op.kernel_weights
-    features = dict.fromkeys(FEATURES, 0.0)
-    if weighted:
-        if dense:
-            features["fc_macs" if fc else "dense_macs"] = all_macs
-        else:
-            features["sparse_macs"] = kept
-            features["skipped_macs"] = all_macs - kept
-    taps = outputs * op.kernel_hw[0] * op.kernel_hw[1] * inside  # window positions inside the input
-    features.update(outputs=float(outputs), taps=float(taps),
-                    inputs=float(sum(graph.tensor_bytes[i] for i in op.inputs)), fixed=1.0)
-    return features
-
-
-def inside_fraction(op: GraphOp) -> float:
-    """The share of a kernel's window taps that fall inside the input, over all output positions.
-
-    Convolutions here pad "same" at stride 1 (output as large as the input),
-    so near the border part of the window lies in the padding; a 1x1 or FC
-    kernel, or a window as large as a "valid" convolution's, lies inside.
-    """
-    (kh, kw), (h, w) = op.kernel_hw, op.input_hw
-    if kh <= 1 and kw <= 1 or not h or not w:
-        return 1.0
-    return _axis_inside(kh, h) * _axis_inside(kw, w)
-
-
-def _axis_inside(k: int, n: int) -> float:
-    before = (k - 1) // 2
-    inside = sum(min(n, i - before + k) - max(0, i - before) for i in range(n))
-    return inside / (n * k)
+    inputs = sum(graph.tensor_bytes[i] for i in op.inputs)
+    if not (op.kernel_weights and op.channels):
+        taps = inputs if op.kind in ("MAX_POOL_2D", "AVERAGE_POOL_2D") else 0
+        return aot_work.elementwise_work(outputs, inputs, taps)
+    positions = outputs // op.channels
+    if op.kind == "DEPTHWISE_CONV_2D":
+        return aot_work.depthwise_work(aot_work.same_geometry(op.input_hw, op.channels, op.channels,
+                                                              op.kernel_hw, positions))
+    rows = op.rows or op.channels
+    k = op.kernel_weights // rows
+    if op.kind == "FULLY_CONNECTED":
+        return aot_work.fc_work(k, rows, op.kernel_nonzeros)
+    kh, kw = op.kernel_hw
+    geometry = aot_work.same_geometry(op.input_hw, k // max(kh * kw, 1), rows, op.kernel_hw, positions)
+    if op.kernel_nonzeros >= (1 - DENSE_BELOW) * op.kernel_weights:
+        return aot_work.conv_work(geometry, aot_work.KernelLayout())
+    shift = int(math.log2(PRUNING_BLOCK))
+    per_row = -(-k // PRUNING_BLOCK)
+    kept = min(rows * per_row, max(1, round(op.kernel_nonzeros / PRUNING_BLOCK)))
+    blocks = tuple(min(per_row, kept // rows + (r < kept % rows)) for r in range(rows))  # shared evenly
+    layout = aot_work.KernelLayout(blocks, tuple(min(k, b * PRUNING_BLOCK) for b in blocks), shift,
+                                   _AMPLE_SCRATCH, aot_work.im2col_chosen(geometry, shift, _AMPLE_SCRATCH))
+    return aot_work.conv_work(geometry, layout)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,21 +80,31 @@ class LatencyModel:
 
     coefficients: dict[tuple[str, str], tuple[float, ...]]
 
-    def op_instructions(self, op: GraphOp, graph: ResourceGraph, core: str) -> float:
-        """Predicted instructions of one operator on ``core``."""
-        if op.alias:
-            return 0.0
-        coef = self.coefficients.get((core, op.kind)) or self.coefficients.get((core, ANY_KIND))
+    def kind_instructions(self, kind: str, work: dict[str, float], core: str) -> float:
+        """Predicted instructions of one operator of ``kind`` that does ``work`` on ``core``."""
+        coef = self.coefficients.get((core, kind)) or self.coefficients.get((core, ANY_KIND))
         if coef is None:
             cores = sorted({c for c, _ in self.coefficients})
             raise UserError(f"no latency model for core {core!r} (calibrated: {', '.join(cores)}): "
                             f"run scripts/fit_latency_model.py for a board with that core")
-        features = op_features(op, graph)
-        return sum(c * features[f] for c, f in zip(coef, FEATURES))
+        return sum(c * work[f] for c, f in zip(coef, FEATURES))
+
+    def op_instructions(self, op: GraphOp, graph: ResourceGraph, core: str) -> float:
+        """Predicted instructions of one operator of a resource graph on ``core`` (estimated layout)."""
+        return 0.0 if op.alias else self.kind_instructions(op.kind, op_features(op, graph), core)
 
     def instructions(self, graph: ResourceGraph, core: str) -> int:
-        """Predicted instructions of one inference of the whole model on ``core``."""
+        """Predicted instructions of one inference of a candidate on ``core``, before training."""
         return int(round(sum(self.op_instructions(op, graph, core) for op in graph.ops)))
+
+    def model_instructions(self, data: bytes, core: str) -> int:
+        """Predicted instructions of one inference of a converted int8 model on ``core``, from the
+        layout the AOT generator gives it."""
+        from pipeline.deploy import aot  # the generator imports the search's cost functions
+
+        model = aot.generate(data)
+        return int(round(sum(self.kind_instructions(name.split()[0], work, core)
+                             for name, work in zip(model.operators, model.op_work))))
 
 
 def predicted_ms(instructions: int, clock_hz: int) -> float:
@@ -120,7 +118,12 @@ def load_latency_model(path: Path = LATENCY_MODEL_PATH) -> LatencyModel:
     if not path.is_file():
         raise UserError(f"{path} is missing: run scripts/fit_latency_model.py to calibrate it")
     coefficients = {}
-    for line in path.read_text().splitlines():
+    header = "# core\tkind\t" + "\t".join(FEATURES) + "\toperators"
+    lines = path.read_text().splitlines()
+    if header not in lines:
+        raise UserError(f"{path} was fitted for other features than {', '.join(FEATURES)}: "
+                        f"run scripts/fit_latency_model.py to recalibrate it")
+    for line in lines:
         if not line.strip() or line.startswith("#"):
             continue
         fields = line.split("\t")

@@ -60,7 +60,7 @@ def analytical_costs(values: Mapping[str, Any], input_shape: tuple[int, int, int
     return resource_costs(graph, budget)
 
 
-def resource_costs(graph: costs.ResourceGraph, budget: Budget) -> dict:
+def resource_costs(graph: costs.ResourceGraph, budget: Budget, flatbuffer: bytes | None = None) -> dict:
     """MS, WM, the AOT arena and the whole firmware's flash and RAM, with named constraints.
 
     Constraints follow Optuna's convention (<= 0 is feasible): ``model_size``
@@ -69,7 +69,9 @@ def resource_costs(graph: costs.ResourceGraph, budget: Budget) -> dict:
     the weights as that engine stores them plus the activations plus its
     measured fixed costs (:mod:`pipeline.deploy.engine_costs`) against the board;
     with a core, ``predicted_instructions`` of the AOT engine per inference
-    (:mod:`pipeline.search.latency`) and, with a latency budget, ``latency``.
+    (:mod:`pipeline.search.latency`: from the generator's layout of ``flatbuffer``, the
+    converted model, when given; else estimated from the graph) and, with a latency
+    budget, ``latency``.
     """
     ms = costs.model_size_bytes(graph)
     wm, order = costs.best_schedule(graph)  # solved once: WM and the order the arena is planned over
@@ -85,7 +87,9 @@ def resource_costs(graph: costs.ResourceGraph, budget: Budget) -> dict:
         constraints |= {"board_flash": found["firmware_flash_bytes"] - budget.board_flash,
                         "board_ram": found["firmware_ram_bytes"] - budget.board_ram}
     if budget.core:
-        found["predicted_instructions"] = load_latency_model().instructions(graph, budget.core)
+        model = load_latency_model()
+        found["predicted_instructions"] = (model.instructions(graph, budget.core) if flatbuffer is None
+                                           else model.model_instructions(flatbuffer, budget.core))
         if budget.max_latency_instructions:
             constraints["latency"] = found["predicted_instructions"] - budget.max_latency_instructions
     return found | {"constraints": constraints, "feasible": all(c <= 0 for c in constraints.values())}
@@ -201,7 +205,7 @@ class SparseTuner(base_tuner.BaseTuner):
         except Exception as exc:  # a degenerate candidate: record why and go on
             raise FailedTrialError(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
         int8_accuracy = float(np.mean(outputs.argmax(axis=1) == data.y_val))
-        measured = resource_costs(tflite_model.resource_graph(flatbuffer), self.budget)
+        measured = resource_costs(tflite_model.resource_graph(flatbuffer), self.budget, flatbuffer)
         ms, wm = measured["model_size_bytes"], measured["working_memory_bytes"]
         firmware = {k: measured[k] for k in ("firmware_flash_bytes", "firmware_ram_bytes", "predicted_instructions")
                     if k in measured}
