@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from pipeline.errors import UserError
+from pipeline.errors import DoesNotFit, UserError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -231,16 +231,27 @@ def main(argv: list[str] | None = None) -> int:
                 models = _exported_models(Path(args.run))
             else:
                 models = [Path(args.model) if args.model else latest_best_model(Path("runs"), args.data_dir)]
+            ran = 0
             for model in models:
                 out = Path(args.out) if args.out else default_out_dir(model, args.board, args.engine)
-                result = run_device(model, args.board, args.engine, out, port=args.port, samples=args.samples,
-                                    dataset=args.dataset, data_dir=args.data_dir)
+                try:
+                    result = run_device(model, args.board, args.engine, out, port=args.port,
+                                        samples=args.samples, dataset=args.dataset, data_dir=args.data_dir)
+                except DoesNotFit as exc:
+                    if not args.run:
+                        raise
+                    print(f"skipped: {exc}")  # one model of the run; the others still run
+                    continue
+                ran += 1
                 latency = (f"{result['latency_instructions']:,} instructions" if "latency_instructions" in result
                            else f"{result['latency_ms']} ms ({result['latency_cycles']:,} cycles)")
                 print(f"{out / 'device.json'}: {result['board']} {result['engine']}: accuracy "
                       f"{100 * result['accuracy']:.2f}% on {result['samples']} inputs, outputs match host TFLM "
                       f"{100 * result['outputs_match']:.1f}%, flash {result['flash_bytes']:,} B, RAM "
                       f"{result['ram_bytes']:,} B (arena {result['arena_bytes']:,} B), latency {latency}")
+            if not ran:
+                raise UserError(f"none of the {len(models)} exported models of --run {args.run} fits {args.board} "
+                                f"with --engine {args.engine}: search with --board {args.board}")
         elif args.command == "tflm":
             from pipeline.deploy.tflm import make_trees
 

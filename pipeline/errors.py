@@ -1,4 +1,4 @@
-"""The one exception type that reaches a user as a one-line message."""
+"""The exception type that reaches a user as a one-line message (and its one special case)."""
 from __future__ import annotations
 
 import sys
@@ -14,6 +14,10 @@ class UserError(Exception):
     """
 
     exit_code = 2
+
+
+class DoesNotFit(UserError):
+    """A model too large for a board with an engine: one model of a run may not fit where others do."""
 
 
 def run_script(main: Callable[[], int]) -> None:

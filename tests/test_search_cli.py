@@ -280,3 +280,28 @@ def test_unknown_board_and_dataset_give_one_line_errors(tmp_path):
         assert result.returncode == 2, result.stderr
         line = result.stderr.strip()
         assert "\n" not in line and value in line and accepted in line and "Traceback" not in line
+
+
+def test_device_over_a_run_skips_a_model_too_big_for_the_board_and_runs_the_others(digits_run, tmp_path):
+    import tf_keras as keras
+
+    from pipeline.compress import tflite_model
+
+    run = tmp_path / "run"
+    shutil.copytree(digits_run, run)
+    if not list(run.glob("models/*/model_int8.tflite")):
+        assert _export(run).returncode == 0
+    fitting = sorted(run.glob("models/*/model_int8.tflite"))
+    # 8 x 8 x 5,000 int8 weights: 320 KB, over the micro:bit's 256 KB of flash
+    big = keras.Sequential([keras.layers.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(5000)])
+    (run / "models" / "99").mkdir()
+    data = np.random.default_rng(0).normal(size=(16, 8, 8, 1)).astype(np.float32)
+    (run / "models" / "99" / "model_int8.tflite").write_bytes(tflite_model.convert_int8(big, data, seed=0))
+    shutil.copy(fitting[0].parent / "test_samples.npz", run / "models" / "99")  # digits inputs, as exported
+    result = subprocess.run([sys.executable, "-m", "pipeline", "device", "--board", "qemu-microbit", "--run",
+                             str(run), "--samples", "2"], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr
+    skipped = [line for line in result.stdout.splitlines() if line.startswith("skipped:")]
+    assert len(skipped) == 1 and "models/99/model_int8.tflite does not fit qemu-microbit" in skipped[0]
+    for model in fitting:
+        assert (model.parent / "device-qemu-microbit-aot" / "device.json").is_file()

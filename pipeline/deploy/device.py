@@ -23,7 +23,7 @@ import numpy as np
 from pipeline.compress import tflite_model
 from pipeline.deploy import firmware
 from pipeline.deploy.boards import Board, get_board
-from pipeline.errors import UserError, ensure_directory
+from pipeline.errors import DoesNotFit, UserError, ensure_directory
 
 BAUD = 115200
 READY_TIMEOUT_S = 20.0
@@ -71,7 +71,7 @@ def run_device(model_path: Path, board_name: str, engine: str, out_dir: Path, po
             except _Reported as exc:
                 if "engine init failed" not in str(exc):
                     raise
-                raise UserError(f"{model_path} does not fit {board.name} with ENGINE=tflm: TensorFlow Lite Micro "
+                raise DoesNotFit(f"{model_path} does not fit {board.name} with ENGINE=tflm: TensorFlow Lite Micro "
                                 f"could not allocate its tensors in the RAM left free ({exc.log or 'no log'}): "
                                 f"pick a smaller Pareto model or search with --board {board.name} "
                                 "--engine tflm") from None

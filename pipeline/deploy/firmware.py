@@ -19,7 +19,7 @@ from pipeline import REPO_ROOT
 from pipeline.compress import tflite_graph, tflite_model
 from pipeline.deploy import aot, clocks, tflm
 from pipeline.deploy.boards import Board
-from pipeline.errors import UserError
+from pipeline.errors import DoesNotFit, UserError
 from pipeline.search import costs
 
 PROJECT_DIR = REPO_ROOT / "tflm_project"
@@ -96,7 +96,7 @@ def build(model_data: bytes, board: Board, engine: str, build_dir: Path, label: 
     if clocks.needs_pll(board):
         (gen / "board_clock.h").write_text(clocks.header(board))
     if flash_needed > board.flash_bytes or ram_needed > board.ram_bytes:
-        raise UserError(f"{label} does not fit {board.name} with ENGINE={engine}: needs {flash_needed:,} B of "
+        raise DoesNotFit(f"{label} does not fit {board.name} with ENGINE={engine}: needs {flash_needed:,} B of "
                         f"weights (flash {board.flash_bytes:,} B) and {ram_needed:,} B of RAM for arena and "
                         f"stack (RAM {board.ram_bytes:,} B): pick a smaller Pareto model or search with "
                         f"--board {board.name}")
