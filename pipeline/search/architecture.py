@@ -12,7 +12,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from pipeline.search.space import MAX_BLOCKS, layer_prefix
+from pipeline.search.space import layer_prefix
 
 BLOCK_POOL = 2
 
