@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.compress import tflite_model
-from pipeline.deploy import aot_work
 from pipeline.compress.tflite_graph import ACTIVATIONS, PADDING_SAME, Graph, Operator, Tensor, read_graph
+from pipeline.deploy import aot_work
 from pipeline.errors import UserError
 from pipeline.search import costs
 
@@ -119,6 +119,10 @@ class _Emitter:
         self.arrays: list[str] = []
         self.calls: list[str] = []
         self.kernel_bytes = self.bias_bytes = self.quant_bytes = 0
+        # what the work counts (aot_work) need of each kernel as stored: its block shift and stored mask
+        # (None for dense), and whether a CONV_2D takes the im2col path
+        self.stored: dict[str, tuple[int, np.ndarray] | None] = {}
+        self.im2col: dict[int, bool] = {}
 
     def ptr(self, tensor: int) -> str:
         return f"arena + {self.offsets[tensor]}"
@@ -138,8 +142,10 @@ class _Emitter:
         k = rows.shape[1]
         if shift is None:
             self.arrays.append(_c_array("int8_t", f"{name}_values", rows))
+            self.stored[name] = None
             return f"{{{name}_values, 0, {k}, 0}}", None
         stored, bitmap = _block_bitmap(rows, shift)
+        self.stored[name] = (shift, stored)
         self.arrays.append(_c_array("uint8_t", f"{name}_bitmap", bitmap))
         self.arrays.append(_c_array("int8_t", f"{name}_values", rows[stored]))
         return f"{{{name}_values, {name}_bitmap, {k}, {shift}}}", shift
@@ -256,6 +262,7 @@ def _emit_op(emit: _Emitter, op: Operator) -> None:
                 emit.quant_bytes += 4 * oc
                 border_ref = f"{name}_border_bias"
             im2col = _im2col_sparse(op, t, shift, emit.scratch.get(op.index, (0, 0))[1])
+            emit.im2col[op.index] = im2col
             extra = f", {border_ref}, {int(im2col)}"
         emit.arrays.append(
             f"static const aot_conv_params {name} = {{{ih}, {iw}, {ic}, {oh}, {ow}, {oc}, {kh}, {kw}, "
@@ -423,22 +430,18 @@ def _op_work(emit: _Emitter, op: Operator) -> dict[str, float]:
     """The counted work of an operator as generated (aot_work): the paths its kernel takes."""
     t = emit.graph.tensors
     x, y = t[op.inputs[0]], t[op.outputs[0]]
+    stored = emit.stored.get(f"op{op.index}")  # as _Emitter.weights stored the kernel
     if op.name == "CONV_2D":
-        g, rows = _geometry(op, t), t[op.inputs[1]].data.reshape(y.shape[-1], -1)
-        shift = None if op.index in emit.dense else _smallest_format(rows)[1]
-        if shift is None:
-            return aot_work.conv_work(g, aot_work.KernelLayout())
-        scratch = emit.scratch.get(op.index, (0, 0))[1]
-        stored, _ = _block_bitmap(rows, shift)
-        layout = aot_work.row_layout(stored, shift, scratch, _im2col_sparse(op, t, shift, scratch))
-        return aot_work.conv_work(g, layout)
+        if stored is None:
+            return aot_work.conv_work(_geometry(op, t), aot_work.KernelLayout())
+        shift, mask = stored
+        layout = aot_work.row_layout(mask, shift, emit.scratch.get(op.index, (0, 0))[1], emit.im2col[op.index])
+        return aot_work.conv_work(_geometry(op, t), layout)
     if op.name == "DEPTHWISE_CONV_2D":
         return aot_work.depthwise_work(_geometry(op, t))
     if op.name == "FULLY_CONNECTED":
         w = t[op.inputs[1]]
-        shift = None if op.index in emit.dense else _smallest_format(w.data)[1]
-        stored = w.size if shift is None else int(_block_bitmap(w.data.reshape(w.shape[0], -1), shift)[0].sum())
-        return aot_work.fc_work(w.shape[1], w.shape[0], stored)
+        return aot_work.fc_work(w.shape[1], w.shape[0], w.size if stored is None else int(stored[1].sum()))
     inputs = sum(t[i].size for i in op.inputs if i >= 0 and t[i].data is None)
     taps = 0
     if op.name in ("MAX_POOL_2D", "AVERAGE_POOL_2D"):

@@ -99,12 +99,18 @@ class LatencyModel:
 
     def model_instructions(self, data: bytes, core: str) -> int:
         """Predicted instructions of one inference of a converted int8 model on ``core``, from the
-        layout the AOT generator gives it."""
-        from pipeline.deploy import aot  # the generator imports the search's cost functions
+        layout the AOT generator gives it (UserError for an operator the engine lacks)."""
+        return int(round(sum(self.kind_instructions(kind, work, core) for kind, work in _generated_work(data))))
 
-        model = aot.generate(data)
-        return int(round(sum(self.kind_instructions(name.split()[0], work, core)
-                             for name, work in zip(model.operators, model.op_work))))
+
+@functools.lru_cache(maxsize=16)
+def _generated_work(data: bytes) -> tuple[tuple[str, dict[str, float]], ...]:
+    """(operator kind, counted work) of every operator the AOT engine runs for ``data``, generated
+    once per model however many cores and devices ask."""
+    from pipeline.deploy import aot  # the generator imports the search's cost functions
+
+    model = aot.generate(data)
+    return tuple((name.split()[0], work) for name, work in zip(model.operators, model.op_work))
 
 
 def predicted_ms(instructions: int, clock_hz: int) -> float:

@@ -24,6 +24,7 @@ from pipeline.compress import tflite_model
 from pipeline.compress.training import TrainingSettings, finetune_candidate, train_candidate
 from pipeline.datasets import Dataset
 from pipeline.deploy.engine_costs import EngineCost
+from pipeline.errors import UserError
 from pipeline.search import costs, early_stopping
 from pipeline.search.architecture import decode, plan
 from pipeline.search.latency import load_latency_model
@@ -88,8 +89,11 @@ def resource_costs(graph: costs.ResourceGraph, budget: Budget, flatbuffer: bytes
                         "board_ram": found["firmware_ram_bytes"] - budget.board_ram}
     if budget.core:
         model = load_latency_model()
-        found["predicted_instructions"] = (model.instructions(graph, budget.core) if flatbuffer is None
-                                           else model.model_instructions(flatbuffer, budget.core))
+        try:
+            found["predicted_instructions"] = (model.instructions(graph, budget.core) if flatbuffer is None
+                                               else model.model_instructions(flatbuffer, budget.core))
+        except UserError:  # an operator the AOT engine lacks (a TFLM-only model): the graph's estimate
+            found["predicted_instructions"] = model.instructions(graph, budget.core)
         if budget.max_latency_instructions:
             constraints["latency"] = found["predicted_instructions"] - budget.max_latency_instructions
     return found | {"constraints": constraints, "feasible": all(c <= 0 for c in constraints.values())}
