@@ -84,11 +84,13 @@ def main() -> int:
               "--morphism-epochs", str(morph_epochs), "--early-stopping", "--out", str(out), "--quiet", *data)
     _pipeline("export", str(out), *data)
     minutes = (time.monotonic() - started) / 60
+    binary = any("binary" in point.paper_dataset for point in paper.points_for(args.dataset))
+    grouping = (" The paper's binary grouping is not published (ours: reference/sparse_paper_points.tsv)."
+                if binary else "")
     print(f"\n{args.dataset}: {trials} trials x {epochs} epochs (the last {morph_trials} morphisms of Pareto "
-          f"models, {morph_epochs} epochs each), early stopping, default accuracy floor, seed {args.seed}, "
+          f"models, {morph_epochs} epoch{'s' if morph_epochs != 1 else ''} each), early stopping, default accuracy floor, seed {args.seed}, "
           f"board {args.board}; {minutes:.0f} min this run. Ours: int8 test accuracy on host TFLite Micro, MS "
-          "and WM read from the .tflite; the paper's binary grouping is not published (ours: "
-          "reference/sparse_paper_points.tsv).\n")
+          f"and WM read from the .tflite.{grouping}\n")
     print("\n".join(comparison_lines(out)))
     return 0
 
