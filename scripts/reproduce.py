@@ -87,8 +87,9 @@ def main() -> int:
     binary = any("binary" in point.paper_dataset for point in paper.points_for(args.dataset))
     grouping = (" The paper's binary grouping is not published (ours: reference/sparse_paper_points.tsv)."
                 if binary else "")
+    unit = "epoch" if morph_epochs == 1 else "epochs"
     print(f"\n{args.dataset}: {trials} trials x {epochs} epochs (the last {morph_trials} morphisms of Pareto "
-          f"models, {morph_epochs} epoch{'s' if morph_epochs != 1 else ''} each), early stopping, default accuracy floor, seed {args.seed}, "
+          f"models, {morph_epochs} {unit} each), early stopping, default accuracy floor, seed {args.seed}, "
           f"board {args.board}; {minutes:.0f} min this run. Ours: int8 test accuracy on host TFLite Micro, MS "
           f"and WM read from the .tflite.{grouping}\n")
     print("\n".join(comparison_lines(out)))
