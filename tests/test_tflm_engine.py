@@ -119,3 +119,72 @@ def test_a_model_this_tool_did_not_make_runs_on_the_aot_engine_with_dataset_inpu
     data = load_dataset("usps", data_dir)
     host = tflite_model.tflm_run(model, tflite_model.quantize_inputs(model, data.x_test[:8]))
     assert device["accuracy"] == pytest.approx(float(np.mean(host.argmax(1) == data.y_test[:8])), abs=1e-6)
+
+
+@pytest.fixture(scope="module")
+def wide_per_channel_model(data_dir, tmp_path_factory):
+    """A search-space CNN whose fully connected layers, stored as 1x1 convolutions, have 2,360 and
+    879 output channels, each with its own int8 scale (a CI search's trial, trained for one epoch).
+
+    TFLM's Prepare of such layers takes more arena for a moment (per-channel zero points and
+    multipliers) than arena_used_bytes() reports after AllocateTensors, so the probe's smaller
+    trial arenas fail inside it: where CMSIS-NN's convolution goes on with the null buffer.
+    """
+    from pipeline.search.space import new_space
+
+    data = load_dataset("usps2", data_dir)
+    values = dict(new_space().values) | {
+        "downsample_input_depth": True, "downsample_input": True, "input_downsampling_rate": 3,
+        "num_conv_blocks": 1, "block1_num_layers": 3, "block1_sparsity": 0.61, "block1_channel_keep": 0.41,
+        "block1_layer1_type": "DownsampledConv2D", "block1_layer1_kernel": 3, "block1_layer1_filters": 64,
+        "block1_layer1_downsample_fraction": 0.067, "block1_layer2_type": "DownsampledConv2D",
+        "block1_layer2_kernel": 3, "block1_layer2_filters": 89, "block1_layer2_downsample_fraction": 0.21,
+        "block1_layer3_type": "DownsampledConv2D", "block1_layer3_kernel": 2, "block1_layer3_filters": 50,
+        "block1_layer3_downsample_fraction": 0.16, "num_fc_layers": 1, "total_fc_weights": 494000,
+        "fc_fraction_main": 0.914, "left_branch": False, "right_branch": True, "fc_fraction_right": 0.0426,
+        "merge_type": "Concatenate", "batch_norm": False, "fc_sparsity": 0.42, "quantization_aware": False}
+    arch, compression = decode(values, data.input_shape, data.num_classes)
+    model = train_candidate(arch, compression, TrainingSettings.from_values(values, 1),
+                            data.x_train[:2000], data.y_train[:2000], seed=0)
+    path = tmp_path_factory.mktemp("wide") / "model_int8.tflite"
+    path.write_bytes(tflite_model.convert_int8(model, data.x_train))
+    return path
+
+
+@needs_tree
+def test_tflm_probe_finds_the_arena_of_a_layer_whose_prepare_needs_more_than_tflm_reports(
+        wide_per_channel_model, data_dir, tmp_path):
+    # before the probe ended a trial at TFLM's first failure line, this firmware never sent READY
+    result = run_device(wide_per_channel_model, "qemu-stm32f4", "tflm", tmp_path / "out", samples=8,
+                        dataset="usps2", data_dir=str(data_dir))
+    assert result["outputs_match"] == 1.0 and result["samples"] == 8
+    assert result["arena_capacity_bytes"] > result["arena_bytes"] > result["working_memory_bytes"]
+
+
+def test_a_users_model_with_ops_the_aot_engine_lacks_is_refused_in_one_line_naming_tflm(data_dir, tmp_path):
+    # Keras' Reshape converts to SHAPE -> STRIDED_SLICE (a scalar) -> PACK -> RESHAPE
+    import tensorflow as tf
+    import tf_keras as keras
+
+    data = load_dataset("usps", data_dir)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.layers.Input((16, 16, 1)), keras.layers.MaxPooling2D(4),
+                              keras.layers.Conv2D(8, 3, padding="same", activation="relu"),
+                              keras.layers.MaxPooling2D(), keras.layers.Reshape((1, 1, 32)),
+                              keras.layers.Conv2D(16, 1), keras.layers.Flatten(), keras.layers.Dense(10)])
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(data.x_train[:500], data.y_train[:500], epochs=1, verbose=0)
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([x[None].astype(np.float32)] for x in data.x_train[:100])
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = converter.inference_output_type = tf.int8
+    path = tmp_path / "reshape.tflite"
+    path.write_bytes(converter.convert())
+    assert tflite_model.resource_graph(path.read_bytes()).ops  # a scalar tensor is read, not a crash
+    result = subprocess.run([sys.executable, "-m", "pipeline", "device", "--model", str(path), "--dataset", "usps",
+                             "--data-dir", str(data_dir), "--out", str(tmp_path / "out")], cwd=REPO,
+                            capture_output=True, text=True, timeout=600)
+    line = result.stderr.strip()
+    assert result.returncode == 2 and "\n" not in line and "Traceback" not in line, line
+    assert "SHAPE, STRIDED_SLICE" in line and "ENGINE=tflm" in line

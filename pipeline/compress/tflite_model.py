@@ -139,11 +139,12 @@ def resource_graph(data: bytes) -> ResourceGraph:
                 bias, biases = int(np.count_nonzero(values)), int(values.size)
         first = tensors[op["inputs"][0]]["shape"] if len(op["inputs"]) else ()
         hw = (int(first[1]), int(first[2])) if len(first) == 4 else (1, 1)
+        out_shape = tensors[op["outputs"][0]]["shape"]  # a scalar (a STRIDED_SLICE of a SHAPE) has none
         ops.append(GraphOp(f"{op['index']}:{op['op_name']}",
                            tuple(str(i) for i in op["inputs"] if i in activations),
                            str(op["outputs"][0]), kernel, bias, alias=op["op_name"] in ALIAS_OPS,
                            kernel_weights=dense, rows=rows, bias_weights=biases, kind=op["op_name"],
-                           channels=int(tensors[op["outputs"][0]]["shape"][-1]), kernel_hw=window,
+                           channels=int(out_shape[-1]) if len(out_shape) else 1, kernel_hw=window,
                            input_hw=hw))
     sizes = {str(i): int(np.prod(tensors[i]["shape"])) * tensors[i]["dtype"]().itemsize
              for i in activations}

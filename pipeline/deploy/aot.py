@@ -185,7 +185,7 @@ def generate(data: bytes, label: str = "model") -> AotModel:
     missing = sorted({op.name for op in graph.operators if op.name not in SUPPORTED_OPS})
     if missing:
         raise UserError(f"{label} uses {', '.join(missing)}, which the AOT engine lacks: it supports "
-                        f"{', '.join(SUPPORTED_OPS)}")
+                        f"{', '.join(SUPPORTED_OPS)}; run it with ENGINE=tflm (--engine tflm)")
     resources = tflite_model.resource_graph(data)
     wm, order_names = costs.best_schedule(resources)
     order = [int(name.split(":")[0]) for name in order_names]

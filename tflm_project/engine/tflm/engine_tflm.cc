@@ -8,6 +8,7 @@
 // planning, TFLM also borrows temporary space for its memory planner, which
 // arena_used_bytes() does not count). The measured build has a static arena of
 // that capacity, and reports arena_used_bytes() as its arena figure.
+#include <setjmp.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -29,6 +30,7 @@
 #define TFLM_ARENA_STEP 16u  // capacities tried by the probe: multiples of TFLM's buffer alignment
 
 extern "C" bool tflm_log_quiet;  // tflm_platform.cc: set while the probe tries arenas that may fail
+extern "C" jmp_buf* tflm_trial_abort;  // tflm_platform.cc: where a trial goes when TFLM logs a failure
 
 extern "C" uint32_t _ebss;
 extern "C" uint32_t _stack_top;
@@ -52,6 +54,24 @@ bool allocate(const tflite::Model* model, Resolver& resolver, uint8_t* base, siz
   arena_capacity = size;
   return interpreter->AllocateTensors() == kTfLiteOk;
 }
+
+#if TFLM_ARENA_BYTES == 0
+// allocate() on a capacity that may be too small: false as soon as TFLM logs a failed allocation
+// (tflm_platform.cc), so no kernel goes on with the null buffer it was given. The half-built
+// interpreter is abandoned, not destroyed: everything it holds lives in the arena.
+bool try_allocate(const tflite::Model* model, Resolver& resolver, uint8_t* base, size_t size) {
+  static jmp_buf failed;
+  if (setjmp(failed) != 0) {
+    tflm_trial_abort = nullptr;
+    interpreter = nullptr;
+    return false;
+  }
+  tflm_trial_abort = &failed;
+  const bool fits = allocate(model, resolver, base, size);
+  tflm_trial_abort = nullptr;
+  return fits;
+}
+#endif
 
 }  // namespace
 
@@ -77,7 +97,7 @@ extern "C" int engine_init(void) {
   tflm_log_quiet = true;
   while (lo < hi) {
     const size_t mid = lo + (hi - lo) / 2;
-    if (allocate(model, *resolver, base, mid * TFLM_ARENA_STEP)) {
+    if (try_allocate(model, *resolver, base, mid * TFLM_ARENA_STEP)) {
       fits = mid * TFLM_ARENA_STEP;
       hi = mid;
     } else {

@@ -3,6 +3,7 @@
 // go to the board's UART, time comes from the board's tick counter, and the C++
 // runtime hooks a bare-metal build needs (no heap, no exceptions) are stubs.
 #include <errno.h>
+#include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -15,11 +16,16 @@
 
 extern "C" {
 bool tflm_log_quiet = false;  // the probe's trial allocations fail by design: not worth a line
+// Set by the probe around a trial allocation: TFLM logs every failed allocation before it returns
+// the null buffer, and some kernels' Prepare (CMSIS-NN's per-channel multipliers among them) write
+// through it unchecked. So a line logged during a trial ends the trial there, before that happens.
+jmp_buf* tflm_trial_abort = nullptr;
 }
 
 // Each log line goes out as "LOG <text>", which the host keeps apart from the protocol's lines.
 extern "C" void DebugLog(const char* format, va_list args) {
   static bool at_line_start = true;
+  if (tflm_trial_abort != nullptr) longjmp(*tflm_trial_abort, 1);
   if (tflm_log_quiet) return;
   char text[128];
   int n = vsnprintf(text, sizeof(text), format, args);
