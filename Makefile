@@ -52,7 +52,7 @@ DEVICE_FLAGS = --board $(DEVICE_BOARD) --engine $(ENGINE) $(if $(MODEL),--model 
 export TFLM_DIR
 
 .PHONY: search search-distributed worker export report bench flash test bench-search reproduce bench-distributed fit-latency-model bench-compression bench-aot bench-engines bench-pruning \
-	bench-check bench-baseline measure-engine-costs tflm clean-venv debian-packages
+	bench-reference bench-check bench-baseline measure-engine-costs tflm clean-venv debian-packages
 
 # The venv's stamp names the hash of requirements.txt, so a cached .venv (CI) is reused exactly
 # when the pins are the same, whatever the files' dates.
@@ -136,7 +136,14 @@ bench-aot: $(INSTALLED)
 bench-engines: $(INSTALLED)
 	$(PY) scripts/bench_engines.py $(RUN) --board $(BENCH_BOARD) --engines $(ENGINES) $(if $(PORT),--port $(PORT))
 
-# The run's device.json files against bench/baseline.json (BOARDS: only those boards' entries).
+# The reference models committed in bench/models on BOARD (its QEMU twin unless PORT is given), into
+# runs/bench-reference: the figures bench-check compares, the same whichever CPU trained anything.
+bench-reference: $(INSTALLED)
+	$(PY) scripts/bench_reference.py --board $(BENCH_BOARD) --engines $(ENGINES) $(if $(PORT),--port $(PORT)) \
+		$(if $(SAMPLES),--samples $(SAMPLES)) $(DATA_FLAG)
+
+# The reference models' device.json files (or RUN's) against bench/baseline.json (BOARDS: only those
+# boards' entries).
 BOARDS ?=
 bench-check: $(INSTALLED)
 	$(PY) scripts/bench_check.py $(RUN) $(if $(BOARDS),--boards $(BOARDS))

@@ -1,12 +1,14 @@
-"""Compares a run's device.json files with the baseline in the repository, or rewrites it.
+"""Compares the reference models' device.json files with the baseline in the repository, or rewrites it.
 
 Fails (exit 1), one line per problem naming the field, the baseline, the new value and the
-tolerance, when outputs stop matching the host or a figure regresses beyond its tolerance.
+tolerance, when outputs stop matching the host or a figure regresses beyond its tolerance. The
+results are those `make bench-reference` wrote (runs/bench-reference) unless RUN_DIR names another
+folder of models/<id>/device-<board>-<engine>/device.json files.
 
 Usage:
-    .venv/bin/python scripts/bench_check.py RUN_DIR [--boards qemu-stm32f4 qemu-microbit]
-    .venv/bin/python scripts/bench_check.py RUN_DIR --write      # make bench-baseline
-    make bench-check RUN=runs/ci [BOARDS="qemu-stm32f4 qemu-microbit"]
+    .venv/bin/python scripts/bench_check.py [RUN_DIR] [--boards qemu-stm32f4 qemu-microbit]
+    .venv/bin/python scripts/bench_check.py [RUN_DIR] --write      # make bench-baseline
+    make bench-check [BOARDS="qemu-stm32f4 qemu-microbit"]
 """
 from __future__ import annotations
 
@@ -22,22 +24,20 @@ from pipeline.deploy.boards import load_boards  # noqa: E402
 from pipeline.errors import UserError, run_script  # noqa: E402
 
 DEFAULT_BASELINE = Path(__file__).resolve().parent.parent / "bench" / "baseline.json"
+DEFAULT_RUN = Path("runs") / "bench-reference"  # scripts/bench_reference.py's --out
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run_dir", type=Path, nargs="?", default=None,
-                        help="a search's --out, its models exported and benchmarked (default: the latest under runs/)")
+    parser.add_argument("run_dir", type=Path, nargs="?", default=DEFAULT_RUN,
+                        help=f"where the benchmarked models' device.json files are (default: {DEFAULT_RUN}, "
+                             "from make bench-reference)")
     parser.add_argument("--baseline", type=Path, default=DEFAULT_BASELINE)
     parser.add_argument("--boards", nargs="+", default=None,
                         help="check only these boards' entries (default: every board in the baseline)")
     parser.add_argument("--write", action="store_true",
                         help="rewrite the baseline's entries from this run's device.json files instead")
     args = parser.parse_args()
-    if args.run_dir is None:
-        from pipeline.deploy.export import latest_run  # imports TensorFlow: only when needed
-
-        args.run_dir = latest_run(Path("runs"))
     known = load_boards()
     for board in args.boards or []:
         if board not in known:

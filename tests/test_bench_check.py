@@ -104,3 +104,22 @@ def test_bench_check_passes_a_gain_and_says_the_baseline_can_keep_it(benchmarked
     checked = _check(faster, baseline)
     assert checked.returncode == 0, checked.stdout
     assert "latency_instructions" in checked.stdout and "make bench-baseline keeps the gain" in checked.stdout
+
+
+def test_the_committed_baseline_is_for_exactly_the_committed_reference_models_on_both_emulated_boards():
+    # the gate compares files in the repository, so its figures do not move with the CPU that runs it
+    import hashlib
+
+    repo = Path(__file__).resolve().parent.parent
+    models = {p.parent.name: hashlib.sha256(p.read_bytes()).hexdigest()
+              for p in (repo / "bench" / "models").glob("*/model_int8.tflite")}
+    assert len(models) >= 5
+    results = json.loads((repo / "bench" / "baseline.json").read_text())["results"]
+    for key, entry in results.items():
+        board, engine, _, trial = key.split(" ")
+        assert entry["model_sha256"] == models.get(trial), f"{key} is not for bench/models/{trial}"
+        assert entry["outputs_match"] == 1.0, key
+    for engine in ("aot", "tflm"):
+        assert all(f"qemu-stm32f4 {engine} trial {trial}" in results for trial in models)
+        # model 2's 17,920 B of activations do not fit the micro:bit's 16 KB: it is skipped there
+        assert [t for t in models if f"qemu-microbit {engine} trial {t}" not in results] == ["2"]

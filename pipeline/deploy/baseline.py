@@ -1,10 +1,12 @@
 """The benchmark baseline: device.json figures kept in the repository, and the check against them.
 
-`make bench` / `make bench-engines` / `make flash RUN=...` leave one device.json per model, board
-and engine (RUN/models/<trial>/device-<board>-<engine>/device.json). `make bench-baseline` copies
-their figures into bench/baseline.json on purpose; `make bench-check`, run at the end of each CI
-benchmark job, fails when outputs stop matching the host or a figure regresses beyond its
-tolerance. Tolerances live in the baseline file, so a reviewer sees them change.
+`make bench-reference` runs the reference models committed in bench/models on a board and leaves
+one device.json per model, board and engine (runs/bench-reference/models/<id>/device-<board>-
+<engine>/device.json; `make bench-engines` and `make flash RUN=...` leave the same layout in a
+search's run). `make bench-baseline` copies their figures into bench/baseline.json on purpose;
+`make bench-check`, run at the end of each CI benchmark job, fails when outputs stop matching the
+host or a figure regresses beyond its tolerance. Tolerances live in the baseline file, so a
+reviewer sees them change.
 
 A result is keyed "<board> <engine> trial <id>" and carries the model's sha256: a baseline made
 for another model of the same trial is reported as such, not compared figure by figure.
@@ -39,8 +41,8 @@ def collect(run_dir: Path) -> dict[str, dict[str, Any]]:
     """Every device.json under run_dir/models, keyed "<board> <engine> trial <id>"."""
     models = run_dir / "models"
     if not models.is_dir():
-        raise UserError(f"{run_dir} has no models/ folder: run make export RUN={run_dir} and a benchmark "
-                        "(make bench-engines or make flash RUN=...) first")
+        raise UserError(f"{run_dir} has no models/ folder: run make bench-reference (BOARD=...) first, or, for "
+                        "a search's run, make export RUN=DIR and a benchmark (make bench-engines RUN=DIR)")
     results = {}
     for path in sorted(models.glob("*/device-*/device.json")):
         try:
