@@ -291,8 +291,8 @@ def _emit_op(emit: _Emitter, op: Operator) -> None:
         _, ih, iw, c = x.shape
         _, oh, ow, _ = y.shape
         lo, hi = _activation_range(o["fusedActivationFunction"], y)
-        ph = _padding(o["padding"], o["strideH"], 1, ih, o["filterHeight"], oh)
-        pw = _padding(o["padding"], o["strideW"], 1, iw, o["filterWidth"], ow)
+        g = _geometry(op, t)
+        ph, pw = g.pad_h, g.pad_w
         emit.arrays.append(
             f"static const aot_pool_params {name} = {{{ih}, {iw}, {c}, {oh}, {ow}, {o['filterHeight']}, "
             f"{o['filterWidth']}, {o['strideH']}, {o['strideW']}, {ph}, {pw}, {lo}, {hi}}};\n")
@@ -412,9 +412,12 @@ def _dense_layers(graph: Graph, allowed_bytes: float,
 
 
 def _geometry(op: Operator, t: dict) -> aot_work.ConvGeometry:
-    """A CONV_2D's or DEPTHWISE_CONV_2D's shapes, strides, dilations and padding."""
+    """A CONV_2D's, DEPTHWISE_CONV_2D's or pooling's shapes, strides, dilations and padding."""
     (_, ih, iw, ic), (_, oh, ow, oc), o = t[op.inputs[0]].shape, t[op.outputs[0]].shape, op.options
-    _, kh, kw, _ = t[op.inputs[1]].shape
+    if op.name in ("MAX_POOL_2D", "AVERAGE_POOL_2D"):
+        kh, kw = o["filterHeight"], o["filterWidth"]
+    else:
+        _, kh, kw, _ = t[op.inputs[1]].shape
     dh, dw = o.get("dilationHFactor", 1), o.get("dilationWFactor", 1)
     return aot_work.ConvGeometry(ih, iw, ic, oh, ow, oc, kh, kw, o["strideH"], o["strideW"], dh, dw,
                                  _padding(o["padding"], o["strideH"], dh, ih, kh, oh),
@@ -445,12 +448,8 @@ def _op_work(emit: _Emitter, op: Operator) -> dict[str, float]:
     inputs = sum(t[i].size for i in op.inputs if i >= 0 and t[i].data is None)
     taps = 0
     if op.name in ("MAX_POOL_2D", "AVERAGE_POOL_2D"):
-        o, (_, ih, iw, c), (_, oh, ow, _) = op.options, x.shape, y.shape
-        g = aot_work.ConvGeometry(ih, iw, c, oh, ow, c, o["filterHeight"], o["filterWidth"], o["strideH"],
-                                  o["strideW"], 1, 1, _padding(o["padding"], o["strideH"], 1, ih, o["filterHeight"], oh),
-                                  _padding(o["padding"], o["strideW"], 1, iw, o["filterWidth"], ow))
-        ys, xs = g.inside_taps()
-        taps = sum(ys) * sum(xs) * c
+        ys, xs = _geometry(op, t).inside_taps()
+        taps = sum(ys) * sum(xs) * x.shape[3]
     return aot_work.elementwise_work(y.size, inputs, taps)
 
 
