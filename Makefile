@@ -145,8 +145,11 @@ bench-reference: $(INSTALLED)
 # The reference models' device.json files (or RUN's) against bench/baseline.json (BOARDS: only those
 # boards' entries).
 BOARDS ?=
+# CHECK_ENGINES=aot checks only the AOT entries (no TFLM tree at hand).
+CHECK_ENGINES ?=
 bench-check: $(INSTALLED)
-	$(PY) scripts/bench_check.py $(RUN) $(if $(BOARDS),--boards $(BOARDS))
+	$(PY) scripts/bench_check.py $(RUN) $(if $(BOARDS),--boards $(BOARDS)) \
+		$(if $(CHECK_ENGINES),--engines $(CHECK_ENGINES))
 
 bench-baseline: $(INSTALLED)
 	$(PY) scripts/bench_check.py $(RUN) --write $(if $(BOARDS),--boards $(BOARDS))

@@ -6,9 +6,9 @@ results are those `make bench-reference` wrote (runs/bench-reference) unless RUN
 folder of models/<id>/device-<board>-<engine>/device.json files.
 
 Usage:
-    .venv/bin/python scripts/bench_check.py [RUN_DIR] [--boards qemu-stm32f4 qemu-microbit]
+    .venv/bin/python scripts/bench_check.py [RUN_DIR] [--boards qemu-stm32f4 qemu-microbit] [--engines aot]
     .venv/bin/python scripts/bench_check.py [RUN_DIR] --write      # make bench-baseline
-    make bench-check [BOARDS="qemu-stm32f4 qemu-microbit"]
+    make bench-check [BOARDS="qemu-stm32f4 qemu-microbit"] [CHECK_ENGINES=aot]
 """
 from __future__ import annotations
 
@@ -35,6 +35,8 @@ def main() -> int:
     parser.add_argument("--baseline", type=Path, default=DEFAULT_BASELINE)
     parser.add_argument("--boards", nargs="+", default=None,
                         help="check only these boards' entries (default: every board in the baseline)")
+    parser.add_argument("--engines", nargs="+", default=None, choices=("aot", "tflm"),
+                        help="check only these engines' entries (default: both; aot alone without a TFLM tree)")
     parser.add_argument("--write", action="store_true",
                         help="rewrite the baseline's entries from this run's device.json files instead")
     args = parser.parse_args()
@@ -43,8 +45,7 @@ def main() -> int:
         if board not in known:
             raise UserError(f"--boards {board} is not a board: expected one of {', '.join(known)}")
     results = baseline.collect(args.run_dir)
-    if args.boards is not None:
-        results = {k: v for k, v in results.items() if k.split(" ")[0] in args.boards}
+    results = {k: v for k, v in results.items() if baseline.selected(k, args.boards, args.engines)}
     current = baseline.load(args.baseline)
     if args.write:
         if not results:
@@ -53,12 +54,12 @@ def main() -> int:
         baseline.write(args.baseline, baseline.update(current, results))
         print(f"{os.path.relpath(args.baseline)}: {len(results)} results from {args.run_dir} written")
         return 0
-    failures, notes = baseline.check(current, results, args.boards)
+    failures, notes = baseline.check(current, results, args.boards, args.engines)
     for line in notes:
         print(f"note: {line}")
     for line in failures:
         print(f"FAIL: {line}")
-    checked = sum(1 for k in current["results"] if args.boards is None or k.split(" ")[0] in args.boards)
+    checked = sum(1 for k in current["results"] if baseline.selected(k, args.boards, args.engines))
     print(f"bench-check: {checked} baseline results, {len(failures)} failures ({os.path.relpath(args.baseline)})")
     return 1 if failures else 0
 

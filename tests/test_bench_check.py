@@ -85,7 +85,8 @@ def test_bench_check_fails_naming_field_baseline_value_and_tolerance(benchmarked
     assert any("outputs_match 0.5 against the baseline 1" in line for line in failures)
 
 
-def test_bench_check_fails_when_a_baselined_result_is_missing_and_ignores_other_boards(benchmarked_run, tmp_path):
+def test_bench_check_fails_when_a_baselined_result_is_missing_and_ignores_other_boards_and_engines(
+        benchmarked_run, tmp_path):
     baseline = tmp_path / "baseline.json"
     assert _check(benchmarked_run, baseline, "--write").returncode == 0
     empty = tmp_path / "empty"
@@ -93,6 +94,7 @@ def test_bench_check_fails_when_a_baselined_result_is_missing_and_ignores_other_
     missing = _check(empty, baseline)
     assert missing.returncode == 1 and "no device.json" in missing.stdout
     assert _check(empty, baseline, "--boards", "qemu-microbit").returncode == 0
+    assert _check(empty, baseline, "--engines", "tflm").returncode == 0  # the aot entry is not checked
     wrong = _check(empty, baseline, "--boards", "stm32")
     assert wrong.returncode == 2 and wrong.stderr.count("\n") == 1 and "stm32" in wrong.stderr
 

@@ -91,17 +91,23 @@ def _tolerance(rule: dict[str, Any]) -> str:
     return f"{100 * rule['relative']:g} %" if "relative" in rule else f"{rule['absolute']:g}"
 
 
-def check(baseline: dict[str, Any], results: dict[str, dict[str, Any]],
-          boards: list[str] | None = None) -> tuple[list[str], list[str]]:
+def selected(key: str, boards: list[str] | None = None, engines: list[str] | None = None) -> bool:
+    """Whether a result key "<board> <engine> trial <id>" is for one of `boards` and `engines` (None: any)."""
+    board, engine = key.split(" ")[:2]
+    return (boards is None or board in boards) and (engines is None or engine in engines)
+
+
+def check(baseline: dict[str, Any], results: dict[str, dict[str, Any]], boards: list[str] | None = None,
+          engines: list[str] | None = None) -> tuple[list[str], list[str]]:
     """(failures, notes): one line per figure outside its tolerance, per missing or changed model.
 
-    Only the baseline's entries for `boards` are checked (all when None), so a job that benchmarks
-    the emulated boards does not fail for want of the real board's results.
+    Only the baseline's entries for `boards` and `engines` are checked (all when None), so a job that
+    benchmarks the emulated boards, or runs without a TFLM tree, does not fail for want of the
+    other results.
     """
     failures, notes = [], []
     for key, base in baseline["results"].items():
-        board = key.split(" ")[0]
-        if boards is not None and board not in boards:
+        if not selected(key, boards, engines):
             continue
         new = results.get(key)
         if new is None:
@@ -130,7 +136,7 @@ def check(baseline: dict[str, Any], results: dict[str, dict[str, Any]],
                 notes.append(f"{key}: {field} {_figure(new[field])}, better than the baseline {_figure(base[field])} "
                              "beyond its tolerance: make bench-baseline keeps the gain")
     for key in sorted(set(results) - set(baseline["results"])):
-        if boards is None or key.split(" ")[0] in boards:
+        if selected(key, boards, engines):
             notes.append(f"{key}: not in the baseline (make bench-baseline adds it)")
     return failures, notes
 
