@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"MS {info['metrics']['model_size_bytes']:,} B, "
                       f"WM {info['metrics']['working_memory_bytes']:,} B")
         elif args.command == "device":
-            from pipeline.deploy.device import default_out_dir, latest_best_model, run_device
+            from pipeline.deploy.device import default_out_dir, latest_best_model, run_device, summary
 
             if args.run and (args.model or args.out):
                 raise UserError(f"--run {args.run} runs every exported model, each with its own device.json: "
@@ -243,12 +243,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"skipped: {exc}")  # one model of the run; the others still run
                     continue
                 ran += 1
-                latency = (f"{result['latency_instructions']:,} instructions" if "latency_instructions" in result
-                           else f"{result['latency_ms']} ms ({result['latency_cycles']:,} cycles)")
-                print(f"{out / 'device.json'}: {result['board']} {result['engine']}: accuracy "
-                      f"{100 * result['accuracy']:.2f}% on {result['samples']} inputs, outputs match host TFLM "
-                      f"{100 * result['outputs_match']:.1f}%, flash {result['flash_bytes']:,} B, RAM "
-                      f"{result['ram_bytes']:,} B (arena {result['arena_bytes']:,} B), latency {latency}")
+                print(f"{out / 'device.json'}: {summary(result)}")
             if not ran:
                 raise UserError(f"none of the {len(models)} exported models of --run {args.run} fits {args.board} "
                                 f"with --engine {args.engine}: search with --board {args.board}")

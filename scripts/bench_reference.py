@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pipeline  # noqa: E402,F401
 from pipeline.deploy.boards import emulated_twin  # noqa: E402
-from pipeline.deploy.device import run_device  # noqa: E402
+from pipeline.deploy.device import run_device, summary  # noqa: E402
 from pipeline.errors import DoesNotFit, UserError, run_script  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -46,7 +46,7 @@ def main() -> int:
     parser.add_argument("--data-dir", default=None)
     args = parser.parse_args()
     board = args.board if args.port else emulated_twin(args.board)
-    models = sorted(MODELS.glob("*/model_int8.tflite"), key=lambda p: int(p.parent.name))
+    models = sorted(MODELS.glob("*/model_int8.tflite"), key=lambda p: (len(p.parent.name), p.parent.name))
     if not models:
         raise UserError(f"no reference models in {MODELS}: restore them with git checkout bench/models")
     failed = 0
@@ -63,11 +63,7 @@ def main() -> int:
                 failed += 1
                 print(f"{model.parent.name} {engine}: {exc}")
                 continue
-            latency = (f"{result['latency_instructions']:,} instructions" if "latency_instructions" in result
-                       else f"{result['latency_cycles']:,} cycles")
-            print(f"{model.parent.name} {engine}: flash {result['flash_bytes']:,} B, RAM {result['ram_bytes']:,} B "
-                  f"(arena {result['arena_bytes']:,} B), latency {latency}, outputs match "
-                  f"{result['outputs_match']:.2f} -> {out / 'device.json'}")
+            print(f"{out / 'device.json'}: {summary(result)}")
     return 1 if failed else 0
 
 

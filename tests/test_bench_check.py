@@ -3,6 +3,7 @@ AOT firmware run on QEMU. The check passes on the figures it was made from and f
 field, baseline, new value and tolerance, on a deliberately regressed copy of the device.json."""
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -110,8 +111,6 @@ def test_bench_check_passes_a_gain_and_says_the_baseline_can_keep_it(benchmarked
 
 def test_the_committed_baseline_is_for_exactly_the_committed_reference_models_on_both_emulated_boards():
     # the gate compares files in the repository, so its figures do not move with the CPU that runs it
-    import hashlib
-
     repo = Path(__file__).resolve().parent.parent
     models = {p.parent.name: hashlib.sha256(p.read_bytes()).hexdigest()
               for p in (repo / "bench" / "models").glob("*/model_int8.tflite")}

@@ -132,6 +132,16 @@ def run_device(model_path: Path, board_name: str, engine: str, out_dir: Path, po
     return result
 
 
+def summary(result: dict[str, Any]) -> str:
+    """A device.json in one line: accuracy, agreement with host TFLM, flash, RAM, arena, latency."""
+    latency = (f"{result['latency_instructions']:,} instructions" if "latency_instructions" in result
+               else f"{result['latency_ms']} ms ({result['latency_cycles']:,} cycles)")
+    return (f"{result['board']} {result['engine']}: accuracy {100 * result['accuracy']:.2f}% on "
+            f"{result['samples']} inputs, outputs match host TFLM {100 * result['outputs_match']:.1f}%, flash "
+            f"{result['flash_bytes']:,} B, RAM {result['ram_bytes']:,} B (arena {result['arena_bytes']:,} B), "
+            f"latency {latency}")
+
+
 def _test_samples(model_path: Path, samples: int | None) -> tuple[np.ndarray, np.ndarray]:
     path = model_path.parent / "test_samples.npz"
     if not path.is_file():

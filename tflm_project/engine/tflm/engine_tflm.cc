@@ -29,7 +29,6 @@
 #endif
 #define TFLM_ARENA_STEP 16u  // capacities tried by the probe: multiples of TFLM's buffer alignment
 
-extern "C" bool tflm_log_quiet;  // tflm_platform.cc: set while the probe tries arenas that may fail
 extern "C" jmp_buf* tflm_trial_abort;  // tflm_platform.cc: where a trial goes when TFLM logs a failure
 
 extern "C" uint32_t _ebss;
@@ -94,7 +93,6 @@ extern "C" int engine_init(void) {
   size_t fits = size;
   size_t lo = interpreter->arena_used_bytes() / TFLM_ARENA_STEP;  // in steps; below it never fits
   size_t hi = size / TFLM_ARENA_STEP;
-  tflm_log_quiet = true;
   while (lo < hi) {
     const size_t mid = lo + (hi - lo) / 2;
     if (try_allocate(model, *resolver, base, mid * TFLM_ARENA_STEP)) {
@@ -104,7 +102,6 @@ extern "C" int engine_init(void) {
       lo = mid + 1;
     }
   }
-  tflm_log_quiet = false;
   if (!allocate(model, *resolver, base, fits)) return 3;
 #endif
   return 0;

@@ -15,10 +15,10 @@
 #include "tensorflow/lite/micro/micro_time.h"
 
 extern "C" {
-bool tflm_log_quiet = false;  // the probe's trial allocations fail by design: not worth a line
 // Set by the probe around a trial allocation: TFLM logs every failed allocation before it returns
 // the null buffer, and some kernels' Prepare (CMSIS-NN's per-channel multipliers among them) write
-// through it unchecked. So a line logged during a trial ends the trial there, before that happens.
+// through it unchecked. So a line logged during a trial ends the trial there, before that happens,
+// and a trial's failure, expected by design, prints nothing.
 jmp_buf* tflm_trial_abort = nullptr;
 }
 
@@ -26,7 +26,6 @@ jmp_buf* tflm_trial_abort = nullptr;
 extern "C" void DebugLog(const char* format, va_list args) {
   static bool at_line_start = true;
   if (tflm_trial_abort != nullptr) longjmp(*tflm_trial_abort, 1);
-  if (tflm_log_quiet) return;
   char text[128];
   int n = vsnprintf(text, sizeof(text), format, args);
   if (n <= 0) return;
