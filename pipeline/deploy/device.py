@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import re
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -62,23 +63,14 @@ def run_device(model_path: Path, board_name: str, engine: str, out_dir: Path, po
         inputs, labels = dataset_samples(data, str(model_path), dataset, data_dir, samples)
     else:
         inputs, labels = _test_samples(model_path, samples)
+    made = not out_dir.exists()
     ensure_directory(out_dir, "--out")
-    if engine == "tflm":  # the arena TFLM needs, found on the device by a probe that lends it all free RAM
-        probe = firmware.build(data, board, engine, out_dir / "firmware-probe", str(model_path))
-        with _connect(board, probe, port) as link:
-            try:
-                capacity = _ready_field(_wait_ready(link, board), "capacity")
-            except _Reported as exc:
-                if "engine init failed" not in str(exc):
-                    raise
-                raise DoesNotFit(f"{model_path} does not fit {board.name} with ENGINE=tflm: TensorFlow Lite Micro "
-                                f"could not allocate its tensors in the RAM left free ({exc.log or 'no log'}): "
-                                f"pick a smaller Pareto model or search with --board {board.name} "
-                                "--engine tflm") from None
-        build = firmware.build(data, board, engine, out_dir / "firmware", str(model_path),
-                               tflm_arena_bytes=capacity)
-    else:
-        build = firmware.build(data, board, engine, out_dir / "firmware", str(model_path), aot_kernels=aot_kernels)
+    try:
+        build = _build(data, board, engine, out_dir, model_path, port, aot_kernels)
+    except DoesNotFit:
+        if made:  # a model that does not fit leaves no empty device folder behind
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
     with _connect(board, build, port) as link:
         _check_timer(_wait_ready(link, board), board)
         ticks, outputs = [], []
@@ -130,6 +122,27 @@ def run_device(model_path: Path, board_name: str, engine: str, out_dir: Path, po
     partial.write_text(json.dumps(result, indent=2) + "\n")
     partial.replace(out_dir / "device.json")
     return result
+
+
+
+def _build(data: bytes, board: Board, engine: str, out_dir: Path, model_path: Path, port: str | None,
+           aot_kernels: str) -> firmware.Firmware:
+    """The firmware to measure with: for TFLM, built with the arena a probe on the device found."""
+    if engine == "tflm":  # the arena TFLM needs, found on the device by a probe that lends it all free RAM
+        probe = firmware.build(data, board, engine, out_dir / "firmware-probe", str(model_path))
+        with _connect(board, probe, port) as link:
+            try:
+                capacity = _ready_field(_wait_ready(link, board), "capacity")
+            except _Reported as exc:
+                if "engine init failed" not in str(exc):
+                    raise
+                raise DoesNotFit(f"{model_path} does not fit {board.name} with ENGINE=tflm: TensorFlow Lite Micro "
+                                f"could not allocate its tensors in the RAM left free ({exc.log or 'no log'}): "
+                                f"pick a smaller Pareto model or search with --board {board.name} "
+                                "--engine tflm") from None
+        return firmware.build(data, board, engine, out_dir / "firmware", str(model_path),
+                              tflm_arena_bytes=capacity)
+    return firmware.build(data, board, engine, out_dir / "firmware", str(model_path), aot_kernels=aot_kernels)
 
 
 def summary(result: dict[str, Any]) -> str:

@@ -100,20 +100,30 @@ def build(model_data: bytes, board: Board, engine: str, build_dir: Path, label: 
                         f"weights (flash {board.flash_bytes:,} B) and {ram_needed:,} B of RAM for arena and "
                         f"stack (RAM {board.ram_bytes:,} B): pick a smaller Pareto model or search with "
                         f"--board {board.name}")
-    _make(args, BUILD_TIMEOUT_S, board, build_dir, "the firmware build")
+    _make(args, BUILD_TIMEOUT_S, board, build_dir, "the firmware build", label, engine)
     sizes = _section_sizes(build_dir / "size.txt")
     text = sum(sizes.get(s, 0) for s in (".isr_vector", ".text", ".ARM.exidx", ".init_array"))
     return Firmware(build_dir / "firmware.elf", text, sizes.get(".data", 0), sizes.get(".bss", 0), figures,
                     tuple(args))
 
 
-def _make(args: list[str], timeout: int, board: Board, build_dir: Path, what: str) -> None:
+def _make(args: list[str], timeout: int, board: Board, build_dir: Path, what: str, label: str = "",
+          engine: str = "") -> None:
+    """Runs tflm_project's Makefile; a firmware that the linker finds too big for the board's flash
+    or RAM is DoesNotFit (weights alone fitted: the engine's code or statics did not)."""
     command = ["make", "-C", str(PROJECT_DIR), *args]
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         raise UserError(f"{what} took over {timeout} s and was stopped") from None
     if result.returncode != 0:
+        region = re.search(r"region `(FLASH|RAM)' overflowed by (\d+) bytes", result.stderr)
+        if region and label:
+            size = board.flash_bytes if region[1] == "FLASH" else board.ram_bytes
+            raise DoesNotFit(f"{label} does not fit {board.name} with ENGINE={engine}: its firmware is "
+                             f"{int(region[2]):,} B over the {region[1]} ({size:,} B) once the engine's code "
+                             f"and statics are linked: pick a smaller Pareto model or search with "
+                             f"--board {board.name}")
         overflow = re.search(r"region `(\w+)' overflowed by (\d+) bytes|RAM overflow[^\n]*", result.stderr)
         detail = overflow.group(0) if overflow else (result.stderr.strip().splitlines() or ["?"])[-1]
         raise UserError(f"{what} for {board.name} failed: {detail} (full log: make -C tflm_project "
