@@ -47,11 +47,21 @@ from pipeline.search.latency import (ANY_KIND, FEATURES, LATENCY_MODEL_PATH, Lat
 BOARDS = ("qemu-stm32f4", "qemu-microbit")
 
 
+def _engine_sha() -> str:
+    """A hash of what makes the AOT firmware: its kernels, the firmware's app and the generator."""
+    repo = Path(__file__).resolve().parent.parent
+    digest = hashlib.sha256()
+    for path in sorted([*(repo / "tflm_project" / "engine" / "aot").iterdir(), *(repo / "tflm_project" / "app").iterdir(),
+                        repo / "pipeline" / "deploy" / "aot.py"]):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
 def _measure(model: Path, board: str, dataset: str, data_dir: str | None, scratch: Path) -> tuple[list, int]:
     """[(kind, features, instructions)] per operator, and the whole inference's instructions."""
     data = model.read_bytes()
     sha = hashlib.sha256(data).hexdigest()
-    out = scratch / f"{sha[:16]}-{board}"
+    out = scratch / f"{sha[:16]}-{_engine_sha()[:12]}-{board}"  # remeasured when the engine changes
     done = out / "device.json"
     result = json.loads(done.read_text()) if done.is_file() else {}
     if result.get("model_sha256") != sha:  # measured before (an interrupted calibration resumes)

@@ -1,10 +1,11 @@
 """The AOT engine's fast kernels compute exactly what its portable reference kernels and host
 TFLite Micro compute, on both cores (the M4's DSP path and the M0's plain C), run in QEMU.
 
-Two kinds of model: four designed to reach every path (padding, stride, dilation, depth
+Two kinds of model: eight designed to reach every path (padding, stride, dilation, depth
 multipliers, odd channel counts, kernels wider than tall, block-sparse rows with whole filters
-pruned, blocks of 16 listed, walked from a register where the arena has no byte to spare, and
-blocks straddling runs), and random ones drawn from seeded
+pruned, blocks of 16 listed, walked from a register where the arena has no byte to spare,
+blocks straddling runs, single output pixels over their whole input, and maps smaller than the
+kernel), and random ones drawn from seeded
 generators (shapes, strides, dilations, padding, depth multipliers, channel counts, pooling,
 sparsity and block sizes per layer), so that combinations nobody designed are tried as well.
 """
@@ -48,10 +49,20 @@ LAYERS = {
     # the same at the peak, but 16-weight blocks that straddle taps of 24 channels (a run of two taps
     # is three blocks): the register walk with border outputs clipped per block
     "peak_two_taps": [("conv", dict(filters=16, kernel_size=2, padding="same"), 0.85)],
+    # single output pixels over their whole input (fully connected layers as convolutions): a 4x4
+    # kernel over the 4x4x5 input (rows of five 16-weight blocks), then a 1x1 one over 37 channels
+    # (two blocks and a short last one of 5): each row's bitmap walked once
+    "single_pixel": [("conv", dict(filters=37, kernel_size=4), 0.6),
+                     ("conv", dict(filters=9, kernel_size=1), 0.5)],
+    # maps smaller than the kernel, windows mostly padding: a 5x5 kernel over 2x2x6 (as a search's
+    # trial had it), then a strided 3x3 to one pixel, each run as one FC per output pixel
+    "small_map": [("conv", dict(filters=27, kernel_size=5, padding="same"), 0.3),
+                  ("conv", dict(filters=9, kernel_size=3, strides=2, padding="same"), 0.0)],
 }
 INPUTS = {"padded": (9, 7, 3), "strided_dilated": (13, 12, 5), "blocks_of_16": (16, 16, 2), "peak_sparse": (8, 8, 16),
-          "peak_two_taps": (8, 8, 24), "peak_dilated": (8, 8, 16)}
-BLOCK = {"padded": 4, "strided_dilated": 4, "blocks_of_16": 16, "peak_sparse": 16, "peak_two_taps": 16, "peak_dilated": 16}
+          "peak_two_taps": (8, 8, 24), "peak_dilated": (8, 8, 16), "single_pixel": (4, 4, 5), "small_map": (2, 2, 6)}
+BLOCK = {"padded": 4, "strided_dilated": 4, "blocks_of_16": 16, "peak_sparse": 16, "peak_two_taps": 16, "peak_dilated": 16,
+         "single_pixel": 16, "small_map": 16}
 RANDOM_SEEDS = range(8)
 _CONV_PARAMS = re.compile(r"aot_conv_params op\d+ = \{([-\d, ]+), [-\d]+, [-\d]+, [-\d]+, [-\d]+, "
                           r"op\d+_multiplier, .*?\{op\d+_values, (\w+), (\d+), (\d)\}(?:, \w+, (\d))?\};")
@@ -94,7 +105,8 @@ def _random_case(seed: int) -> tuple[tuple[int, int, int], list[tuple[str, dict,
 def _sparse_paths(source: str) -> list[str]:
     """How the fast CONV_2D kernel runs each block-sparse layer of generated code (aot_conv_impl.h's
     tests, on the layer's constants): rows expanded into scratch and run dense, blocks listed in
-    scratch once per row (as window offsets, or as starts in a contiguous window), windows copied
+    scratch once per row (as window offsets, or as starts in a contiguous window), a single output
+    pixel's rows each walked once ("single pixel"), windows copied
     into scratch (im2col), the row's bitmap held in a register (rows of up to 32 blocks; "masked
     taps" where each block lies within one tap), or the bitmap walked."""
     scratch = dict(_CONV_CALLS.findall(source))
@@ -110,7 +122,9 @@ def _sparse_paths(source: str) -> list[str]:
         blocks = run_len * runs >> shift
         contiguous = (kh == kw == 1 and ph == pw == 0) or (
             oh == ow == 1 and (ih, iw) == (kh, kw) and ph == pw == 0 and dh == dw == 1)
-        if contiguous and shift >= 2 and 2 * (k >> shift) <= room:
+        if contiguous and oh == ow == 1:
+            paths.append("single pixel")
+        elif contiguous and shift >= 2 and 2 * (k >> shift) <= room:
             paths.append("listed contiguous")
         elif im2col and 2 * ((k + 3) & ~3) <= room:
             paths.append("im2col")
@@ -206,6 +220,8 @@ def test_the_kernel_models_reach_every_sparse_path_block_size_and_layer_kind():
         source = aot.generate(_convert(name)[0]).source
         shifts |= {int(v) for v in re.findall(r"_bitmap, \d+, (\d)\}", source)}
         paths |= set(_sparse_paths(source))
+        if re.search(r"aot_conv_params op\d+_\d+ = ", source):  # a small map's layer, one FC per pixel
+            paths.add("gathered")
         if name.startswith("random"):
             for kind, o, sparsity, _ in _case(name)[1]:
                 options |= {kind, o["padding"], f"sparse {kind}" if sparsity else kind,
@@ -213,7 +229,8 @@ def test_the_kernel_models_reach_every_sparse_path_block_size_and_layer_kind():
                             "multiplier" if o.get("depth_multiplier", 1) > 1 else "",
                             "odd channels" if o.get("filters", 2) % 2 else ""}
     assert shifts == {0, 1, 2, 3, 4}
-    assert paths == {"expanded", "listed", "listed contiguous", "im2col", "masked", "masked taps", "walked"}
+    assert paths == {"expanded", "listed", "listed contiguous", "single pixel", "im2col", "masked", "masked taps",
+                     "walked", "gathered"}
     assert {"conv", "sparse conv", "depthwise", "pool", "same", "valid", "strided", "dilated", "multiplier",
             "odd channels"} <= options
 
@@ -222,7 +239,8 @@ def test_the_latency_models_count_of_work_follows_the_path_each_sparse_layer_tak
     """aot_work mirrors aot_conv_impl.h's choice of path: the work it counts for each block-sparse
     layer falls on the path the generated constants send that layer down."""
     # what each path always counts (a listed row pruned away entirely is a constant instead)
-    counter = {"listed contiguous": ("listed_outputs", "constant_outputs"), "im2col": ("im2col_bytes",),
+    counter = {"listed contiguous": ("listed_outputs", "constant_outputs"), "single pixel": ("single_macs",),
+               "im2col": ("im2col_bytes",),
                "expanded": ("expand_bytes",)}
     walks = ("listed", "masked", "masked taps", "walked")
     seen = set()
@@ -250,3 +268,48 @@ def _bitmap_layers_work(generated: aot.AotModel) -> list[dict[str, float]]:
         if match[2] != "0":
             layers.append(by_index[int(re.search(r"op(\d+) = ", match[0])[1])])
     return layers
+
+
+def _fully_connected_model(folder) -> tuple[bytes, np.ndarray]:
+    """Keras Dense layers as TFLite converts them: one over every position of a feature map (36 rows
+    of 4, keep_num_dims), a block-sparse one over a flattened map, and a small dense head."""
+    keras.utils.set_random_seed(5)
+    rng = np.random.default_rng(5)
+    x = inputs = keras.layers.Input((6, 6, 3))
+    x = keras.layers.Conv2D(4, 1, activation="relu")(x)
+    x = keras.layers.Dense(5, activation="relu")(keras.layers.Reshape((36, 4))(x))
+    sparse = keras.layers.Dense(40, activation="relu")
+    model = keras.Model(inputs, keras.layers.Dense(3)(sparse(keras.layers.Flatten()(x))))
+    kernel, bias = sparse.get_weights()  # [in][out]: blocks of 16 inputs pruned per output
+    for o in range(kernel.shape[1]):
+        for start in range(0, kernel.shape[0], 16):
+            if rng.random() < 0.6:
+                kernel[start:start + 16, o] = 0
+    sparse.set_weights([kernel, rng.normal(0, 0.1, bias.shape)])
+    flatbuffer = tflite_model.convert_int8(model, rng.normal(0, 1, (64, 6, 6, 3)).astype(np.float32))
+    (folder / "model_int8.tflite").write_bytes(flatbuffer)
+    np.savez(folder / "test_samples.npz", x_int8=rng.integers(-128, 128, (6, 6, 6, 3), dtype=np.int8),
+             y=np.zeros(6, np.int64))
+    return flatbuffer, kernel
+
+
+@pytest.mark.parametrize("board", ["qemu-stm32f4", "qemu-microbit"])
+def test_fully_connected_layers_run_as_convolutions_and_equal_host_tflm(board, tmp_path):
+    """A user's Dense layers (FULLY_CONNECTED) take the fast convolution kernels as 1x1
+    convolutions over their rows of input: the per-position one runs 36 pixels, the pruned one a
+    single pixel from its bitmap. Both engines' kernels equal host TFLite Micro, and the fast one
+    takes fewer instructions for every FULLY_CONNECTED."""
+    flatbuffer, _ = _fully_connected_model(tmp_path)
+    generated = aot.generate(flatbuffer)
+    assert "aot_fully_connected" not in generated.source
+    assert [name.split()[0] for name in generated.operators].count("FULLY_CONNECTED") == 3
+    conv_params = [m[1] for m in _CONV_PARAMS.finditer(generated.source)]
+    assert any(p.startswith("36, 1, 4, 36, 1, 5, 1, 1,") for p in conv_params)  # 36 rows of 4, as pixels
+    assert re.search(r"\{op\d+_values, op\d+_bitmap, 180, 4\}", generated.source)  # 16-weight blocks
+    model = tmp_path / "model_int8.tflite"
+    fast = run_device(model, board, "aot", tmp_path / "fast")
+    reference = run_device(model, board, "aot", tmp_path / "reference", aot_kernels="reference")
+    assert fast["outputs_match"] == reference["outputs_match"] == 1.0
+    for op, f, r in zip(generated.operators, fast["operators"], reference["operators"]):
+        if op.startswith("FULLY_CONNECTED"):
+            assert f["latency"] < r["latency"], (op, f, r)

@@ -37,6 +37,7 @@ from pipeline.errors import UserError
 from pipeline.search import costs
 
 _MAX_BLOCK_SHIFT = 4  # bitmap blocks of up to 16 weights, costs.PRUNING_BLOCK
+_INT16_MAX = 32767  # aot_conv_params' shapes are int16
 
 SUPPORTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "MAX_POOL_2D", "AVERAGE_POOL_2D",
                  "ADD", "CONCATENATION", "RESHAPE", "MEAN", "SOFTMAX", "QUANTIZE")
@@ -123,6 +124,7 @@ class _Emitter:
         # (None for dense), and whether a CONV_2D takes the im2col path
         self.stored: dict[str, tuple[int, np.ndarray] | None] = {}
         self.im2col: dict[int, bool] = {}
+        self.gathered: dict[int, int] = {}  # CONV_2D run as one FC per output pixel: how many pixels
 
     def ptr(self, tensor: int) -> str:
         return f"arena + {self.offsets[tensor]}"
@@ -151,29 +153,38 @@ class _Emitter:
         return f"{{{name}_values, {name}_bitmap, {k}, {shift}}}", shift
 
     def requant(self, name: str, x: Tensor, w: Tensor, y: Tensor, bias: Tensor | None,
-                fold_input_offset: bool = False, depthwise: bool = False) -> str:
+                fold_input_offset: bool = False, depthwise: bool = False, channels: int = 0) -> str:
         """Stores multipliers, shifts and (unless all zero) biases; returns the bias initialiser.
 
-        With ``fold_input_offset`` (CONV_2D, DEPTHWISE_CONV_2D) the stored bias is bias +
-        input_offset x the output channel's weight sum, always stored: the fast kernels then
-        add no offset per weight.
+        With ``fold_input_offset`` (CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED) the stored bias
+        is bias + input_offset x the output channel's weight sum, always stored: the fast kernels
+        then add no offset per weight. ``channels`` repeats a per-tensor multiplier once per
+        output channel, as the convolution kernels read one per channel.
         """
-        scales = w.scales if len(w.scales) > 1 else w.scales[:1]
+        scales = w.scales if len(w.scales) > 1 else w.scales[:1] * max(channels, 1)
         pairs = [quantize_multiplier(float(x.scale) * float(s) / float(y.scale)) for s in scales]
         self.arrays.append(_c_array("int32_t", f"{name}_multiplier", [p[0] for p in pairs]))
         self.arrays.append(_c_array("int8_t", f"{name}_shift", [p[1] for p in pairs]))
         self.quant_bytes += 5 * len(pairs)
         # one row per output channel: [out][...] kernels, or the last axis of a depthwise [1][kh][kw][out]
         per_channel = np.moveaxis(w.data, -1, 0) if depthwise else w.data
-        channels = per_channel.shape[0]
-        values = np.zeros(channels, np.int64) if bias is None or bias.data is None else bias.data.astype(np.int64)
         if fold_input_offset:
-            values = values - int(x.zero_point) * per_channel.reshape(channels, -1).astype(np.int64).sum(axis=1)
-            # int32 arithmetic wraps (the firmware is built with -fwrapv, as TFLite's sums wrap on the
-            # device): a bias saturated at the int32 limits, as on a pruned-away channel, folds modulo 2^32
-            values = (values + (1 << 31)) % (1 << 32) - (1 << 31)
-        elif not np.any(values):
+            return self.folded_bias(name, x, bias, per_channel)
+        values = np.zeros(per_channel.shape[0], np.int64) if bias is None or bias.data is None else bias.data
+        if not np.any(values):
             return "0"  # TFLite adds all-zero biases to bias-free layers; the kernels accept none
+        self.arrays.append(_c_array("int32_t", f"{name}_bias", values))
+        self.bias_bytes += 4 * len(values)
+        return f"{name}_bias"
+
+    def folded_bias(self, name: str, x: Tensor, bias: Tensor | None, rows: np.ndarray) -> str:
+        """Stores bias + input_offset x each output row's weight sum (``rows``: [out][...]); returns its name."""
+        channels = rows.shape[0]
+        values = np.zeros(channels, np.int64) if bias is None or bias.data is None else bias.data.astype(np.int64)
+        values = values - int(x.zero_point) * rows.reshape(channels, -1).astype(np.int64).sum(axis=1)
+        # int32 arithmetic wraps (the firmware is built with -fwrapv, as TFLite's sums wrap on the
+        # device): a bias saturated at the int32 limits, as on a pruned-away channel, folds modulo 2^32
+        values = (values + (1 << 31)) % (1 << 32) - (1 << 31)
         self.arrays.append(_c_array("int32_t", f"{name}_bias", values))
         self.bias_bytes += 4 * len(values)
         return f"{name}_bias"
@@ -241,6 +252,8 @@ def _emit_op(emit: _Emitter, op: Operator) -> None:
         _, ih, iw, ic = x.shape
         _, oh, ow, oc = y.shape
         lo, hi = _activation_range(o["fusedActivationFunction"], y)
+        if not depthwise and _emit_gathered(emit, op, name, lo, hi):
+            return
         bias_ref = emit.requant(name, x, w, y, bias, fold_input_offset=True, depthwise=depthwise)
         shift = None
         if depthwise:
@@ -279,10 +292,23 @@ def _emit_op(emit: _Emitter, op: Operator) -> None:
         x, w, y = t[op.inputs[0]], t[op.inputs[1]], t[op.outputs[0]]
         bias = t[op.inputs[2]] if len(op.inputs) > 2 and op.inputs[2] >= 0 else None
         lo, hi = _activation_range(o["fusedActivationFunction"], y)
+        g = _geometry(op, t)
+        if _fast_fc(g):  # a 1x1 convolution over its rows of input: the fast CONV_2D kernel, inlined
+            bias_ref = emit.requant(name, x, w, y, bias, fold_input_offset=True, channels=g.out_c)
+            weights, _ = emit.weights(name, w.data, op.index in emit.dense)
+            emit.im2col[op.index] = False
+            emit.arrays.append(
+                f"static const aot_conv_params {name} = {{{g.in_h}, 1, {g.in_c}, {g.out_h}, 1, {g.out_c}, "
+                f"1, 1, 1, 1, 1, 1, 0, 0, 1, {-x.zero_point}, {y.zero_point}, {lo}, {hi}, {name}_multiplier, "
+                f"{name}_shift, {bias_ref}, {weights}, 0, 0}};\n")
+            at, size = emit.scratch.get(op.index, (0, 0))
+            emit.calls.append(f"  AOT_CONV2D({name}, {emit.ptr(x.index)}, {emit.ptr(y.index)}, "
+                              f"{f'arena + {at}' if size else '0'}, {size});\n")
+            return
         bias_ref = emit.requant(name, x, w, y, bias)
         weights, _ = emit.weights(name, w.data, op.index in emit.dense)
         emit.arrays.append(
-            f"static const aot_fc_params {name} = {{{w.shape[1]}, {w.shape[0]}, {-x.zero_point}, "
+            f"static const aot_fc_params {name} = {{{g.in_h}, {w.shape[1]}, {w.shape[0]}, {-x.zero_point}, "
             f"{y.zero_point}, {lo}, {hi}, {name}_multiplier, {name}_shift, {int(len(w.scales) > 1)}, "
             f"{bias_ref}, {weights}}};\n")
         emit.calls.append(f"  aot_fully_connected(&{name}, {emit.ptr(x.index)}, {emit.ptr(y.index)});\n")
@@ -394,8 +420,8 @@ def _dense_layers(graph: Graph, allowed_bytes: float,
             bias = 4 * w.shape[0]
             stored += smallest + bias
             extra = w.size - smallest
-            listed = (op.name == "CONV_2D" and w.shape[1:3] == (1, 1) and shift is not None and shift >= 2
-                      and np.mean(w.data == 0) >= _LISTED_DENSE_BELOW)
+            listed = ((op.name == "FULLY_CONNECTED" or w.shape[1:3] == (1, 1)) and shift is not None
+                      and shift >= 2 and np.mean(w.data == 0) >= _LISTED_DENSE_BELOW)
             if extra > 0 and not listed and not _im2col_sparse(op, t, shift, scratch.get(op.index, (0, 0))[1]) \
                     and _has_partial_rows(w.data, shift):
                 pixels = int(np.prod(t[op.outputs[0]].shape[1:-1], dtype=np.int64)) or 1
@@ -412,7 +438,13 @@ def _dense_layers(graph: Graph, allowed_bytes: float,
 
 
 def _geometry(op: Operator, t: dict) -> aot_work.ConvGeometry:
-    """A CONV_2D's, DEPTHWISE_CONV_2D's or pooling's shapes, strides, dilations and padding."""
+    """A CONV_2D's, DEPTHWISE_CONV_2D's or pooling's shapes, strides, dilations and padding; a
+    FULLY_CONNECTED's as the 1x1 convolution it is over its rows of input (one per batch, or per
+    leading position with keep_num_dims), each row a pixel."""
+    if op.name == "FULLY_CONNECTED":
+        out_len, in_len = t[op.inputs[1]].shape
+        rows = t[op.inputs[0]].size // in_len
+        return aot_work.ConvGeometry(rows, 1, in_len, rows, 1, out_len, 1, 1)
     (_, ih, iw, ic), (_, oh, ow, oc), o = t[op.inputs[0]].shape, t[op.outputs[0]].shape, op.options
     if op.name in ("MAX_POOL_2D", "AVERAGE_POOL_2D"):
         kh, kw = o["filterHeight"], o["filterWidth"]
@@ -422,6 +454,58 @@ def _geometry(op: Operator, t: dict) -> aot_work.ConvGeometry:
     return aot_work.ConvGeometry(ih, iw, ic, oh, ow, oc, kh, kw, o["strideH"], o["strideW"], dh, dw,
                                  _padding(o["padding"], o["strideH"], dh, ih, kh, oh),
                                  _padding(o["padding"], o["strideW"], dw, iw, kw, ow))
+
+
+def _gathered_kernels(g: aot_work.ConvGeometry, kernel: np.ndarray) -> list[np.ndarray]:
+    """Per output pixel, the [out][in_h x in_w x in_c] weights that pixel applies to the whole
+    input: each kernel tap placed where it reads, zero where the input is never read by it."""
+    kernels = []
+    for oy in range(g.out_h):
+        for ox in range(g.out_w):
+            rows = np.zeros((g.out_c, g.in_h, g.in_w, g.in_c), kernel.dtype)
+            for ky in range(g.kernel_h):
+                yy = oy * g.stride_h - g.pad_h + ky * g.dilation_h
+                for kx in range(g.kernel_w):
+                    xx = ox * g.stride_w - g.pad_w + kx * g.dilation_w
+                    if 0 <= yy < g.in_h and 0 <= xx < g.in_w:
+                        rows[:, yy, xx, :] = kernel[:, ky, kx, :]
+            kernels.append(rows.reshape(g.out_c, -1))
+    return kernels
+
+
+def _emit_gathered(emit: _Emitter, op: Operator, name: str, lo: int, hi: int) -> bool:
+    """A CONV_2D on a map so small that its windows are mostly padding (aot_work.gathered_chosen),
+    emitted as one fully connected layer per output pixel over the whole input, when that stores no
+    more bytes than the kernel: no tap of padding is visited. Returns whether it was."""
+    t = emit.graph.tensors
+    x, w, y = t[op.inputs[0]], t[op.inputs[1]], t[op.outputs[0]]
+    g = _geometry(op, t)
+    if not aot_work.gathered_chosen(g):
+        return False
+    kernels = _gathered_kernels(g, w.data)
+    dense = op.index in emit.dense
+    size = (lambda k: k.size if dense else _smallest_format(k)[0])  # noqa: E731
+    if sum(size(k) + 4 * g.out_c for k in kernels) > size(w.data) + 8 * g.out_c:  # + bias and border bias
+        return False
+    bias = t[op.inputs[2]] if len(op.inputs) > 2 and op.inputs[2] >= 0 else None
+    emit.requant(name, x, w, y, None)  # the multipliers and shifts, shared by every pixel
+    for p, rows in enumerate(kernels):
+        pixel = f"{name}_{p}"
+        bias_ref = emit.folded_bias(pixel, x, bias, rows)
+        weights, _ = emit.weights(pixel, rows, dense)
+        emit.arrays.append(
+            f"static const aot_conv_params {pixel} = {{1, 1, {rows.shape[1]}, 1, 1, {g.out_c}, 1, 1, 1, 1, 1, 1, "
+            f"0, 0, 1, {-x.zero_point}, {y.zero_point}, {lo}, {hi}, {name}_multiplier, {name}_shift, {bias_ref}, "
+            f"{weights}, 0, 0}};\n")
+        emit.calls.append(f"  AOT_CONV2D({pixel}, {emit.ptr(x.index)}, {emit.ptr(y.index)} + {p * g.out_c}, 0, 0);\n")
+    emit.gathered[op.index] = len(kernels)
+    emit.im2col[op.index] = False
+    return True
+
+
+def _fast_fc(g: aot_work.ConvGeometry) -> bool:
+    """Whether a FULLY_CONNECTED runs as a convolution: its sizes fit aot_conv_params' int16 fields."""
+    return max(g.in_h, g.in_c, g.out_c) <= _INT16_MAX
 
 
 def _im2col_sparse(op: Operator, t: dict, shift: int | None, scratch_bytes: int) -> bool:
@@ -434,7 +518,16 @@ def _op_work(emit: _Emitter, op: Operator) -> dict[str, float]:
     t = emit.graph.tensors
     x, y = t[op.inputs[0]], t[op.outputs[0]]
     stored = emit.stored.get(f"op{op.index}")  # as _Emitter.weights stored the kernel
-    if op.name == "CONV_2D":
+    if op.index in emit.gathered:  # one single-pixel layer per output pixel (_emit_gathered)
+        g = _geometry(op, t)
+        pixel = aot_work.ConvGeometry(1, 1, g.in_h * g.in_w * g.in_c, 1, 1, g.out_c, 1, 1)
+        works = []
+        for p in range(emit.gathered[op.index]):
+            kept = emit.stored.get(f"op{op.index}_{p}")
+            works.append(aot_work.conv_work(pixel, aot_work.KernelLayout() if kept is None
+                                            else aot_work.row_layout(kept[1], kept[0], 0, False)))
+        return {key: sum(work[key] for work in works) for key in works[0]}
+    if op.name == "CONV_2D" or (op.name == "FULLY_CONNECTED" and _fast_fc(_geometry(op, t))):
         if stored is None:
             return aot_work.conv_work(_geometry(op, t), aot_work.KernelLayout())
         shift, mask = stored
@@ -442,9 +535,9 @@ def _op_work(emit: _Emitter, op: Operator) -> dict[str, float]:
         return aot_work.conv_work(_geometry(op, t), layout)
     if op.name == "DEPTHWISE_CONV_2D":
         return aot_work.depthwise_work(_geometry(op, t))
-    if op.name == "FULLY_CONNECTED":
-        w = t[op.inputs[1]]
-        return aot_work.fc_work(w.shape[1], w.shape[0], w.size if stored is None else int(stored[1].sum()))
+    if op.name == "FULLY_CONNECTED":  # too large for the convolution's fields: the portable kernel
+        g = _geometry(op, t)
+        return aot_work.fc_work(g.in_h, g.in_c, g.out_c, g.in_c * g.out_c if stored is None else int(stored[1].sum()))
     inputs = sum(t[i].size for i in op.inputs if i >= 0 and t[i].data is None)
     taps = 0
     if op.name in ("MAX_POOL_2D", "AVERAGE_POOL_2D"):

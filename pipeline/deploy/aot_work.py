@@ -2,8 +2,9 @@
 
 The fast CONV_2D kernel (tflm_project/engine/aot/aot_conv_impl.h) picks a path per
 layer and per output row: two dense rows per pass, one row, a list of stored
-blocks over contiguous windows, im2col patches for blocks that straddle the
-window's runs, a block-by-block walk, or a constant for a pruned-away filter.
+blocks over contiguous windows (or, for a single output pixel, one walk of each
+row's bitmap), im2col patches for blocks that straddle the window's runs, a
+block-by-block walk, or a constant for a pruned-away filter.
 Each path costs a different number of instructions per multiply-accumulate and
 per output, so one linear function of "MACs" and "outputs" fits them badly.
 :func:`conv_work` follows the same decisions as the C code and counts, per path,
@@ -23,7 +24,7 @@ import dataclasses
 import math
 
 WORK = ("pair_macs", "contiguous_macs", "pair_border_macs", "one_macs", "interior_runs", "border_runs",
-        "row_bytes", "listed_scan", "listed_macs", "listed_blocks", "listed_outputs", "im2col_bytes", "im2col_macs", "im2col_blocks",
+        "row_bytes", "single_macs", "single_blocks", "listed_scan", "listed_macs", "listed_blocks", "listed_outputs", "im2col_bytes", "im2col_macs", "im2col_blocks",
         "im2col_outputs", "walk_macs", "walk_blocks", "walk_bits", "unaligned_bits", "contiguous_bits", "walk_outputs",
         "strided_pixels", "constant_outputs",
         "expand_bytes", "fc_steps", "fc_macs", "taps", "group_taps", "outputs", "inputs", "rows", "fixed")
@@ -112,6 +113,16 @@ def im2col_chosen(g: ConvGeometry, block_shift: int | None, scratch_bytes: int) 
     return g.inside_share() >= IM2COL_INSIDE_AT_LEAST
 
 
+def gathered_chosen(g: ConvGeometry) -> bool:
+    """Whether a CONV_2D may run as one fully connected layer per output pixel over its whole input
+    (aot.py's ``_emit_gathered``): some windows reach into the padding, and the pixels' whole-input
+    rows together are no longer than one kernel row (a 5x5 kernel over a 2x2 map: 4 x 4 taps
+    against 25), so storing them costs no more than the kernel and no padding tap is visited."""
+    ys, xs = g.inside_taps()
+    padded = min(ys) < g.kernel_h or min(xs) < g.kernel_w
+    return padded and g.out_h * g.out_w * g.in_h * g.in_w * g.in_c <= g.row_len
+
+
 def conv_work(g: ConvGeometry, layout: KernelLayout) -> dict[str, float]:
     """The counted work of one CONV_2D, following aot_conv2d_inline's choice of path.
 
@@ -170,6 +181,12 @@ def _conv_paths(g: ConvGeometry, layout: KernelLayout) -> dict[str, float]:
     blocks = -(-k // block)
     stored_b, stored_w = layout.stored_blocks, layout.stored_weights or layout.stored_blocks
     row_bytes = oc * -(-blocks // 8)  # aot_row_end: the row's bitmap bytes, counted per row
+    if contiguous and pos == 1:  # conv_single_sparse: each row's bitmap walked once, blocks dotted as found
+        work["row_bytes"] += row_bytes
+        work["single_macs"] += sum(stored_w)
+        work["single_blocks"] += sum(stored_b)
+        work["outputs"] += oc
+        return work
     if contiguous and shift >= 2 and 2 * (k >> shift) <= scratch:  # conv_contiguous_listed
         work["row_bytes"] += row_bytes
         for b, w in zip(stored_b, stored_w):
@@ -236,11 +253,12 @@ def depthwise_work(g: ConvGeometry) -> dict[str, float]:
     return work
 
 
-def fc_work(in_len: int, out_len: int, stored: int) -> dict[str, float]:
-    """FULLY_CONNECTED: every input position is tested per output (the row cursor), stored ones multiplied."""
+def fc_work(batches: int, in_len: int, out_len: int, stored: int) -> dict[str, float]:
+    """A FULLY_CONNECTED too large for the convolution kernels (aot_fully_connected): every input
+    position is tested per output (the row cursor), stored ones multiplied, per batch."""
     work = dict.fromkeys(WORK, 0.0)
-    work.update(fc_steps=float(in_len * out_len), fc_macs=float(stored), outputs=float(out_len),
-                rows=float(out_len), fixed=1.0)
+    work.update(fc_steps=float(batches * in_len * out_len), fc_macs=float(batches * stored),
+                outputs=float(batches * out_len), rows=float(out_len), fixed=1.0)
     return work
 
 

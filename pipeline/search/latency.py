@@ -59,15 +59,28 @@ def op_features(op: GraphOp, graph: ResourceGraph) -> dict[str, float]:
                                                               op.kernel_hw, positions))
     rows = op.rows or op.channels
     k = op.kernel_weights // rows
-    if op.kind == "FULLY_CONNECTED":
-        return aot_work.fc_work(k, rows, op.kernel_nonzeros)
     kh, kw = op.kernel_hw
-    geometry = aot_work.same_geometry(op.input_hw, k // max(kh * kw, 1), rows, op.kernel_hw, positions)
-    if op.kernel_nonzeros >= (1 - DENSE_BELOW) * op.kernel_weights:
+    if op.kind == "FULLY_CONNECTED":  # a 1x1 convolution over its rows of input (aot.py)
+        geometry = aot_work.ConvGeometry(positions, 1, k, positions, 1, rows, 1, 1)
+    else:
+        geometry = aot_work.same_geometry(op.input_hw, k // max(kh * kw, 1), rows, op.kernel_hw, positions)
+    if op.kind == "CONV_2D" and aot_work.gathered_chosen(geometry):  # one FC per output pixel (aot.py)
+        pixel = aot_work.ConvGeometry(1, 1, geometry.in_h * geometry.in_w * geometry.in_c, 1, 1, rows, 1, 1)
+        share = pixel.row_len * positions / k  # the whole-input rows' weights, against one kernel row's
+        work = _estimated_work(pixel, rows, round(op.kernel_nonzeros * share), round(op.kernel_weights * share))
+        return {key: positions * value for key, value in work.items()}
+    return _estimated_work(geometry, rows, op.kernel_nonzeros, op.kernel_weights)
+
+
+def _estimated_work(geometry: aot_work.ConvGeometry, rows: int, nonzeros: int, weights: int) -> dict[str, float]:
+    """The counted work of a convolution whose layout is estimated from its nonzeros: dense when
+    nearly so, else the kept 16-weight blocks shared evenly between rows, scratch taken to be ample."""
+    if nonzeros >= (1 - DENSE_BELOW) * weights:
         return aot_work.conv_work(geometry, aot_work.KernelLayout())
+    k = geometry.row_len
     shift = int(math.log2(PRUNING_BLOCK))
     per_row = -(-k // PRUNING_BLOCK)
-    kept = min(rows * per_row, max(1, round(op.kernel_nonzeros / PRUNING_BLOCK)))
+    kept = min(rows * per_row, max(1, round(nonzeros / PRUNING_BLOCK)))
     blocks = tuple(min(per_row, kept // rows + (r < kept % rows)) for r in range(rows))  # shared evenly
     layout = aot_work.KernelLayout(blocks, tuple(min(k, b * PRUNING_BLOCK) for b in blocks), shift,
                                    _AMPLE_SCRATCH, aot_work.im2col_chosen(geometry, shift, _AMPLE_SCRATCH))

@@ -251,6 +251,48 @@ static inline __attribute__((always_inline)) void conv_contiguous_listed(const p
   }
 }
 
+/* A block-sparse layer with a single output pixel over a contiguous window (a fully connected layer
+ * as a 1x1 convolution): each row's bitmap is walked once, and each stored block dotted with its
+ * part of the input as it is found, so nothing is listed and the row's end is where the walk
+ * stops. With one pixel, a list built per row would be used once: it cost more than the walk. */
+static inline __attribute__((always_inline)) void conv_single_sparse(const aot_conv_params* p, const int8_t* input,
+                                                                     int8_t* output) {
+  const aot_weights* weights = &p->weights;
+  const int32_t block = 1 << weights->block_shift;
+  const int32_t blocks = ((weights->row_len - 1) >> weights->block_shift) + 1;
+  const int32_t bitmap_row = (blocks + 7) / 8;
+  const int32_t last = blocks - 1, tail = weights->row_len - last * block; /* the last block's length */
+  const int8_t* w = weights->values;
+  const uint8_t* bits = weights->bitmap;
+  for (int oc = 0; oc < p->out_c; ++oc, bits += bitmap_row) {
+    int32_t acc = p->bias ? p->bias[oc] : 0;
+    for (int32_t byte = 0; byte < bitmap_row; ++byte) {
+#if defined(__ARM_FEATURE_CLZ) && __ARM_FEATURE_CLZ
+      for (uint32_t m = bits[byte]; m; m &= m - 1) {
+        const int32_t b = 8 * byte + __builtin_ctz(m);
+#else
+      for (uint32_t m = bits[byte], j = 0; m; m >>= 1, ++j) {
+        if (!(m & 1u)) continue;
+        const int32_t b = 8 * byte + (int32_t)j;
+#endif
+        if (tail != block && b == last) {
+          acc = dot_s8(w, input + b * block, tail, acc);
+          w += tail;
+        } else if (block >= 4) { /* a whole block: its words unrolled, no loop test between them */
+#pragma GCC unroll 4
+          for (int32_t i = 0; i < block; i += 4) acc = dot_s8(w + i, input + b * block + i, 4, acc);
+          w += block;
+        } else {
+          acc = dot_s8(w, input + b * block, block, acc);
+          w += block;
+        }
+      }
+    }
+    const requant_t q = requant_of(p->multiplier[oc], p->shift[oc]);
+    output[oc] = clamp_s8(requant_apply(&q, acc) + p->output_offset, p->act_min, p->act_max);
+  }
+}
+
 /* Output channels oc and oc + 1 of a layer whose windows are contiguous, from two dense rows
  * starting at `rows`: two output pixels per pass, so each weight and each input is loaded once
  * for two products. */
@@ -400,6 +442,11 @@ static inline __attribute__((always_inline)) void aot_conv2d_inline(const aot_co
     return;
   }
   const int32_t bitmap_row = ((((k - 1) >> weights->block_shift) + 1) + 7) / 8;
+  /* One output pixel over a contiguous window: each row's bitmap walked once. */
+  if (contiguous && p->out_h * p->out_w == 1) {
+    conv_single_sparse(p, input, output);
+    return;
+  }
   /* Contiguous windows and blocks of four or more: the stored blocks listed per row. */
   if (contiguous && weights->block_shift >= 2 && 2 * (k >> weights->block_shift) <= s.scratch_bytes) {
     for (; oc < p->out_c; ++oc, bits += bitmap_row) {

@@ -161,7 +161,7 @@ void aot_depthwise_conv2d_reference(const aot_conv_params* p, const int8_t* inpu
   }
 }
 
-void aot_fully_connected(const aot_fc_params* p, const int8_t* input, int8_t* output) {
+static void fully_connected_row(const aot_fc_params* p, const int8_t* input, int8_t* output) {
   row_cursor cur;
   cursor_start(&cur, &p->weights);
   for (int o = 0; o < p->out_len; ++o) {
@@ -177,6 +177,10 @@ void aot_fully_connected(const aot_fc_params* p, const int8_t* input, int8_t* ou
     output[o] = clamp_to_int8(acc + p->output_offset, p->act_min, p->act_max);
     cursor_next(&cur, w);
   }
+}
+
+void aot_fully_connected(const aot_fc_params* p, const int8_t* input, int8_t* output) {
+  for (int32_t b = 0; b < p->batches; ++b) fully_connected_row(p, input + b * p->in_len, output + b * p->out_len);
 }
 
 /* ---- pooling -------------------------------------------------------------- */

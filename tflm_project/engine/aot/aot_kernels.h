@@ -41,8 +41,9 @@ typedef struct {
   int32_t im2col;             /* CONV_2D, fast kernels: copy windows into scratch (pipeline/deploy/aot.py) */
 } aot_conv_params;
 
+/* FULLY_CONNECTED too large for aot_conv_params' int16 shapes; any other runs as a 1x1 CONV_2D. */
 typedef struct {
-  int32_t in_len, out_len;
+  int32_t batches, in_len, out_len;
   int32_t input_offset, output_offset, act_min, act_max;
   const int32_t* multiplier; /* one, or per output when per_channel */
   const int8_t* shift;
