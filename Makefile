@@ -51,7 +51,7 @@ DEVICE_FLAGS = --board $(DEVICE_BOARD) --engine $(ENGINE) $(if $(MODEL),--model 
 # ENGINE=tflm finds TensorFlow Lite Micro in TFLM_DIR, else in the cache `make tflm` fills.
 export TFLM_DIR
 
-.PHONY: search search-distributed worker export report bench flash test bench-search reproduce bench-distributed fit-latency-model bench-compression bench-aot bench-engines bench-pruning \
+.PHONY: search search-distributed worker export report bench flash test bench-search reproduce bench-distributed fit-latency-model bench-compression bench-aot bench-engines bench-user-model bench-pruning \
 	bench-reference bench-check bench-baseline measure-engine-costs tflm clean-venv debian-packages
 
 # The venv's stamp names the hash of requirements.txt, so a cached .venv (CI) is reused exactly
@@ -135,6 +135,10 @@ bench-aot: $(INSTALLED)
 # ENGINES="aot" where no TFLM tree is at hand; PORT=/dev/ttyACM0 runs a real BOARD instead of its QEMU twin.
 bench-engines: $(INSTALLED)
 	$(PY) scripts/bench_engines.py $(RUN) --board $(BENCH_BOARD) --engines $(ENGINES) $(if $(PORT),--port $(PORT))
+
+# A user's own Keras CNN with Dense layers, converted as TFLite's guide says, dense and pruned, on both QEMU boards.
+bench-user-model: $(INSTALLED)
+	$(PY) scripts/bench_user_model.py --engines $(ENGINES) $(DATA_FLAG)
 
 # The reference models committed in bench/models on BOARD (its QEMU twin unless PORT is given), into
 # runs/bench-reference: the figures bench-check compares, the same whichever CPU trained anything.

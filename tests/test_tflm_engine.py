@@ -83,18 +83,6 @@ def test_a_users_model_that_does_not_fit_the_dataset_is_refused_naming_both(usps
     assert not (tmp_path / "out").exists()
 
 
-def _convert_as_tflites_guide_says(model, calibration: np.ndarray) -> bytes:
-    """Full-integer conversion as TFLite's post-training quantisation guide shows it, none of ours."""
-    import tensorflow as tf
-
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = lambda: ([x[None].astype(np.float32)] for x in calibration)
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = converter.inference_output_type = tf.int8
-    return converter.convert()
-
-
 @pytest.fixture(scope="module")
 def plain_keras_model(data_dir, tmp_path_factory):
     """A user's own model: plain Keras layers, converted the way TFLite's guide says, no part of ours."""
@@ -108,7 +96,7 @@ def plain_keras_model(data_dir, tmp_path_factory):
     model.compile("adam", "sparse_categorical_crossentropy")
     model.fit(data.x_train[:2000], data.y_train[:2000], epochs=1, verbose=0)
     path = tmp_path_factory.mktemp("plain_keras") / "user.tflite"
-    path.write_bytes(_convert_as_tflites_guide_says(model, data.x_train[:100]))
+    path.write_bytes(tflite_model.convert_as_tflite_guide(model, data.x_train[:100]))
     return path
 
 
@@ -180,7 +168,7 @@ def test_a_users_model_with_ops_the_aot_engine_lacks_is_refused_in_one_line_nami
     model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit(data.x_train[:500], data.y_train[:500], epochs=1, verbose=0)
     path = tmp_path / "reshape.tflite"
-    path.write_bytes(_convert_as_tflites_guide_says(model, data.x_train[:100]))
+    path.write_bytes(tflite_model.convert_as_tflite_guide(model, data.x_train[:100]))
     assert tflite_model.resource_graph(path.read_bytes()).ops  # a scalar tensor is read, not a crash
     result = subprocess.run([sys.executable, "-m", "pipeline", "device", "--model", str(path), "--dataset", "usps",
                              "--data-dir", str(data_dir), "--out", str(tmp_path / "out")], cwd=REPO,
