@@ -25,6 +25,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import sys
@@ -47,6 +48,7 @@ from pipeline.search.latency import (ANY_KIND, FEATURES, LATENCY_MODEL_PATH, Lat
 BOARDS = ("qemu-stm32f4", "qemu-microbit")
 
 
+@functools.cache
 def _engine_sha() -> str:
     """A hash of what makes the AOT firmware: its kernels, the firmware's app and the generator."""
     repo = Path(__file__).resolve().parent.parent

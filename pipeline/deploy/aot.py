@@ -297,10 +297,7 @@ def _emit_op(emit: _Emitter, op: Operator) -> None:
             bias_ref = emit.requant(name, x, w, y, bias, fold_input_offset=True, channels=g.out_c)
             weights, _ = emit.weights(name, w.data, op.index in emit.dense)
             emit.im2col[op.index] = False
-            emit.arrays.append(
-                f"static const aot_conv_params {name} = {{{g.in_h}, 1, {g.in_c}, {g.out_h}, 1, {g.out_c}, "
-                f"1, 1, 1, 1, 1, 1, 0, 0, 1, {-x.zero_point}, {y.zero_point}, {lo}, {hi}, {name}_multiplier, "
-                f"{name}_shift, {bias_ref}, {weights}, 0, 0}};\n")
+            emit.arrays.append(_pointwise_params(name, name, g.in_h, g.in_c, g.out_c, x, y, lo, hi, bias_ref, weights))
             at, size = emit.scratch.get(op.index, (0, 0))
             emit.calls.append(f"  AOT_CONV2D({name}, {emit.ptr(x.index)}, {emit.ptr(y.index)}, "
                               f"{f'arena + {at}' if size else '0'}, {size});\n")
@@ -493,14 +490,20 @@ def _emit_gathered(emit: _Emitter, op: Operator, name: str, lo: int, hi: int) ->
         pixel = f"{name}_{p}"
         bias_ref = emit.folded_bias(pixel, x, bias, rows)
         weights, _ = emit.weights(pixel, rows, dense)
-        emit.arrays.append(
-            f"static const aot_conv_params {pixel} = {{1, 1, {rows.shape[1]}, 1, 1, {g.out_c}, 1, 1, 1, 1, 1, 1, "
-            f"0, 0, 1, {-x.zero_point}, {y.zero_point}, {lo}, {hi}, {name}_multiplier, {name}_shift, {bias_ref}, "
-            f"{weights}, 0, 0}};\n")
+        emit.arrays.append(_pointwise_params(pixel, name, 1, rows.shape[1], g.out_c, x, y, lo, hi, bias_ref, weights))
         emit.calls.append(f"  AOT_CONV2D({pixel}, {emit.ptr(x.index)}, {emit.ptr(y.index)} + {p * g.out_c}, 0, 0);\n")
     emit.gathered[op.index] = len(kernels)
     emit.im2col[op.index] = False
     return True
+
+
+def _pointwise_params(name: str, quant: str, pixels: int, in_c: int, out_c: int, x: Tensor, y: Tensor,
+                      lo: int, hi: int, bias_ref: str, weights: str) -> str:
+    """The aot_conv_params of a 1x1 convolution over ``pixels`` contiguous rows of ``in_c`` inputs
+    (a FULLY_CONNECTED, or one pixel of a gathered CONV_2D), with ``quant``'s multipliers and shifts."""
+    return (f"static const aot_conv_params {name} = {{{pixels}, 1, {in_c}, {pixels}, 1, {out_c}, 1, 1, 1, 1, 1, 1, "
+            f"0, 0, 1, {-x.zero_point}, {y.zero_point}, {lo}, {hi}, {quant}_multiplier, {quant}_shift, {bias_ref}, "
+            f"{weights}, 0, 0}};\n")
 
 
 def _fast_fc(g: aot_work.ConvGeometry) -> bool:
