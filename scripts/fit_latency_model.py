@@ -54,7 +54,7 @@ def _engine_sha() -> str:
     repo = Path(__file__).resolve().parent.parent
     digest = hashlib.sha256()
     for path in sorted([*(repo / "tflm_project" / "engine" / "aot").iterdir(), *(repo / "tflm_project" / "app").iterdir(),
-                        repo / "pipeline" / "deploy" / "aot.py"]):
+                        repo / "pipeline" / "deploy" / "aot.py", repo / "pipeline" / "deploy" / "aot_quant.py"]):
         digest.update(path.name.encode() + path.read_bytes())
     return digest.hexdigest()
 
@@ -70,7 +70,8 @@ def _measure(model: Path, board: str, dataset: str, data_dir: str | None, scratc
         result = run_device(model, board, "aot", out, samples=1, dataset=dataset, data_dir=data_dir)
     generated = aot.generate(data, str(model))
     ops = [(name.split()[0], work, entry["latency"])
-           for name, work, entry in zip(generated.operators, generated.op_work, result["operators"])]
+           for name, work, entry in zip(generated.operators, generated.work_for(get_board(board).core),
+                                        result["operators"])]
     return ops, result["latency_instructions"]
 
 

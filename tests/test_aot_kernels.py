@@ -1,11 +1,11 @@
 """The AOT engine's fast kernels compute exactly what its portable reference kernels and host
 TFLite Micro compute, on both cores (the M4's DSP path and the M0's plain C), run in QEMU.
 
-Two kinds of model: eight designed to reach every path (padding, stride, dilation, depth
+Two kinds of model: nine designed to reach every path (padding, stride, dilation, depth
 multipliers, odd channel counts, kernels wider than tall, block-sparse rows with whole filters
 pruned, blocks of 16 listed, walked from a register where the arena has no byte to spare,
-blocks straddling runs, single output pixels over their whole input, and maps smaller than the
-kernel), and random ones drawn from seeded
+blocks straddling runs, single output pixels over their whole input, maps smaller than the
+kernel, and dense layers over small windows), and random ones drawn from seeded
 generators (shapes, strides, dilations, padding, depth multipliers, channel counts, pooling,
 sparsity and block sizes per layer), so that combinations nobody designed are tried as well.
 """
@@ -58,14 +58,20 @@ LAYERS = {
     # trial had it), then a strided 3x3 to one pixel, each run as one FC per output pixel
     "small_map": [("conv", dict(filters=27, kernel_size=5, padding="same"), 0.3),
                   ("conv", dict(filters=9, kernel_size=3, strides=2, padding="same"), 0.0)],
+    # dense layers over small windows (as a grayscale model's first layers): a dilated 3x3 over one
+    # channel to an odd number of filters, then a padded 2x2 over 7 channels (28 weights): each
+    # interior window copied once and every filter run against it on the M4 (conv_window)
+    "small_windows": [("conv", dict(filters=7, kernel_size=3, dilation_rate=2), 0.0),
+                      ("conv", dict(filters=4, kernel_size=2, padding="same"), 0.0)],
 }
 INPUTS = {"padded": (9, 7, 3), "strided_dilated": (13, 12, 5), "blocks_of_16": (16, 16, 2), "peak_sparse": (8, 8, 16),
-          "peak_two_taps": (8, 8, 24), "peak_dilated": (8, 8, 16), "single_pixel": (4, 4, 5), "small_map": (2, 2, 6)}
+          "peak_two_taps": (8, 8, 24), "peak_dilated": (8, 8, 16), "single_pixel": (4, 4, 5), "small_map": (2, 2, 6),
+          "small_windows": (12, 12, 1)}
 BLOCK = {"padded": 4, "strided_dilated": 4, "blocks_of_16": 16, "peak_sparse": 16, "peak_two_taps": 16, "peak_dilated": 16,
-         "single_pixel": 16, "small_map": 16}
+         "single_pixel": 16, "small_map": 16, "small_windows": 16}
 RANDOM_SEEDS = range(8)
 _CONV_PARAMS = re.compile(r"aot_conv_params op\d+ = \{([-\d, ]+), [-\d]+, [-\d]+, [-\d]+, [-\d]+, "
-                          r"op\d+_multiplier, .*?\{op\d+_values, (\w+), (\d+), (\d)\}(?:, \w+, (\d))?\};")
+                          r"op\d+_multiplier, .*?\{op\d+_values, (\w+), (\d+), (\d)\}(?:, \w+, (\d))?(?:, (\d))?\};")
 _CONV_CALLS = re.compile(r"AOT_CONV2D\((op\d+), [^,]+, [^,]+, [^,]+, (\d+)\)")
 
 
@@ -214,12 +220,20 @@ def test_fast_kernels_equal_the_reference_kernels_and_host_tflm(kernel_model, bo
 
 def test_the_kernel_models_reach_every_sparse_path_block_size_and_layer_kind():
     """What the QEMU test above runs through: every way a block-sparse row is computed, with
-    every block size, and random layers of every kind and option."""
+    every block size, random layers of every kind and option, dense layers over small windows
+    (conv_window, on the M4), and every layer through the short requantisation, with the
+    pruned-away filters' constants rewritten to be narrow."""
     shifts, paths, options = set(), set(), set()
+    constant_filters = windows = 0
     for name in sorted(LAYERS) + [f"random{seed}" for seed in RANDOM_SEEDS]:
-        source = aot.generate(_convert(name)[0]).source
+        generated = aot.generate(_convert(name)[0])
+        source = generated.source
+        windows += sum(work["window_macs"] > 0 for work in generated.op_work)  # dense small windows, on the M4
         shifts |= {int(v) for v in re.findall(r"_bitmap, \d+, (\d)\}", source)}
         paths |= set(_sparse_paths(source))
+        # every layer takes the short requantisation, pruned-away filters given narrow constants
+        assert {m[6] for m in _CONV_PARAMS.finditer(source)} == {"1"}, name
+        constant_filters += "1073741824" in source
         if re.search(r"aot_conv_params op\d+_\d+ = ", source):  # a small map's layer, one FC per pixel
             paths.add("gathered")
         if name.startswith("random"):
@@ -229,6 +243,8 @@ def test_the_kernel_models_reach_every_sparse_path_block_size_and_layer_kind():
                             "multiplier" if o.get("depth_multiplier", 1) > 1 else "",
                             "odd channels" if o.get("filters", 2) % 2 else ""}
     assert shifts == {0, 1, 2, 3, 4}
+    assert constant_filters >= 8  # each sparse case prunes one whole filter (aot_quant.constant_filters)
+    assert windows >= 4
     assert paths == {"expanded", "listed", "listed contiguous", "single pixel", "im2col", "masked", "masked taps",
                      "walked", "gathered"}
     assert {"conv", "sparse conv", "depthwise", "pool", "same", "valid", "strided", "dilated", "multiplier",
@@ -313,3 +329,39 @@ def test_fully_connected_layers_run_as_convolutions_and_equal_host_tflm(board, t
     for op, f, r in zip(generated.operators, fast["operators"], reference["operators"]):
         if op.startswith("FULLY_CONNECTED"):
             assert f["latency"] < r["latency"], (op, f, r)
+
+
+def _dead_relu_model(folder) -> bytes:
+    """A 1x1 convolution whose ReLU is all but dead on the calibration data (each bias just below
+    minus its largest pre-activation), so its output scale is tiny and its requantisation
+    multiplies (shift > 0): outside the short requantisation, between two layers inside it."""
+    keras.utils.set_random_seed(3)
+    rng = np.random.default_rng(3)
+    calibration = rng.normal(0, 1, (64, 6, 6, 2)).astype(np.float32)
+    x = inputs = keras.layers.Input((6, 6, 2))
+    first = keras.layers.Conv2D(6, 3, padding="same", activation="relu")
+    dead = keras.layers.Conv2D(5, 1, activation="relu")
+    model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(dead(first(x)))))
+    kernel, _ = dead.get_weights()
+    features = keras.Model(inputs, first.output).predict(calibration, verbose=0)
+    top = np.einsum("nhwc,co->nhwo", features, kernel[0, 0]).reshape(-1, 5).max(axis=0)
+    dead.set_weights([kernel, -top + 0.002 * np.abs(top)])
+    flatbuffer = tflite_model.convert_int8(model, calibration)
+    (folder / "model_int8.tflite").write_bytes(flatbuffer)
+    np.savez(folder / "test_samples.npz", x_int8=rng.integers(-128, 128, (6, 6, 6, 2), dtype=np.int8),
+             y=np.zeros(6, np.int64))
+    return flatbuffer
+
+
+@pytest.mark.parametrize("board", ["qemu-stm32f4", "qemu-microbit"])
+def test_a_layer_outside_the_short_requantisation_takes_the_full_one_and_equals_host_tflm(board, tmp_path):
+    """The generator gives the short requantisation (aot_conv_params.narrow) only to layers whose
+    accumulators it proved narrow and whose shifts divide; the dead ReLU's layer, whose shift
+    multiplies, keeps TFLite's full double rounding, and both give host TFLite Micro's outputs."""
+    generated = aot.generate(_dead_relu_model(tmp_path))
+    assert [m[6] for m in _CONV_PARAMS.finditer(generated.source)] == ["1", "0", "1"]
+    assert re.search(r"op1_shift\[5\] = \{\s*[1-9]", generated.source)
+    model = tmp_path / "model_int8.tflite"
+    fast = run_device(model, board, "aot", tmp_path / "fast")
+    reference = run_device(model, board, "aot", tmp_path / "reference", aot_kernels="reference")
+    assert fast["outputs_match"] == reference["outputs_match"] == 1.0

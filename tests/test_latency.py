@@ -27,17 +27,22 @@ def _graph(values: dict, shape=(16, 16, 1), classes: int = 2) -> costs.ResourceG
 
 
 def test_work_of_a_padded_convolution_is_counted_per_path_with_the_padding_left_out():
-    # 3x3 "same" over 8x8x2, three dense filters: two run as a pair, the third alone
+    # 3x3 "same" over 8x8x2, three dense filters: on the M0 two run as a pair, the third alone
     g = aot_work.ConvGeometry(8, 8, 2, 8, 8, 3, 3, 3, pad_h=1, pad_w=1)
-    work = aot_work.conv_work(g, aot_work.KernelLayout())
+    work = aot_work.conv_work(g, aot_work.KernelLayout(), dsp=False)
     # 6 x 6 interior outputs see all 18 weights; the 28 border ones see 22 x 22 - 36 x 9 = 160 taps in all
     assert (work["pair_macs"], work["pair_border_macs"], work["one_macs"]) == (2 * 18 * 36, 2 * 160 * 2, 18 * 36 + 160 * 2)
     assert work["outputs"] == 3 * 64
     assert work["border_runs"] == 28 * 3 + 28 * 3  # three kernel rows per border output: once per pair, once alone
+    # on the M4 the 18-weight windows of the 36 interior outputs are copied once each, every filter
+    # run against the copy; the border outputs read their runs' inside parts, as on the M0
+    work = aot_work.conv_work(g, aot_work.KernelLayout(), dsp=True)
+    assert (work["window_bytes"], work["window_macs"], work["pair_macs"], work["one_macs"]) == (36 * 18, 36 * 18 * 3, 0, 0)
+    assert work["pair_border_macs"] == 3 * 160 * 2 and work["outputs"] == 3 * 64
     # the same layer block-sparse (blocks of 2 weights, one filter pruned away, one full, one half):
     # the full row runs dense alone, the pruned one is a constant, the half row is walked
     layout = aot_work.KernelLayout((0, 9, 5), (0, 18, 9), 1, scratch_bytes=0)
-    work = aot_work.conv_work(g, layout)
+    work = aot_work.conv_work(g, layout, dsp=False)
     assert work["constant_outputs"] == 64 and work["walk_outputs"] == 64 and work["outputs"] == 2 * 64
     assert work["walk_macs"] == 9 * 36 + 9 / 18 * 160 * 2 and work["walk_blocks"] == 5 * 64
 

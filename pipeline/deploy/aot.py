@@ -31,8 +31,10 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.compress import tflite_model
-from pipeline.compress.tflite_graph import ACTIVATIONS, PADDING_SAME, Graph, Operator, Tensor, read_graph
+from pipeline.compress.tflite_graph import PADDING_SAME, Graph, Operator, Tensor, read_graph
 from pipeline.deploy import aot_work
+from pipeline.deploy.aot_quant import (activation_range, constant_filters, mean_multiplier, narrow_accumulators,
+                                       quantize_multiplier)
 from pipeline.errors import UserError
 from pipeline.search import costs
 
@@ -57,44 +59,17 @@ class AotModel:
     working_memory_bytes: int
     operators: tuple[str, ...] = ()  # the operators that run, in order: what the per-op profile names
     op_indices: tuple[int, ...] = ()  # the .tflite operator index of each of them
-    op_work: tuple[dict[str, float], ...] = ()  # the counted work of each of them (aot_work)
+    op_work: tuple[dict[str, float], ...] = ()  # the counted work of each of them (aot_work), on a DSP core
+    op_work_no_dsp: tuple[dict[str, float], ...] = ()  # the same on a core without the DSP extension
+
+    def work_for(self, core: str) -> tuple[dict[str, float], ...]:
+        """The counted work of each operator on ``core``, whose kernels' paths depend on its DSP extension."""
+        return self.op_work if aot_work.has_dsp(core) else self.op_work_no_dsp
 
     @property
     def weight_bytes(self) -> int:
         """Kernel and bias bytes in flash (what MS counts, as actually stored)."""
         return self.kernel_bytes + self.bias_bytes
-
-
-def quantize_multiplier(real: float) -> tuple[int, int]:
-    """TFLite's QuantizeMultiplier: real = q * 2^(shift - 31), q in [2^30, 2^31)."""
-    if real == 0.0:
-        return 0, 0
-    fraction, shift = math.frexp(real)
-    q = _round_half_away(fraction * (1 << 31))
-    if q == 1 << 31:
-        q //= 2
-        shift += 1
-    if shift < -31:
-        return 0, 0
-    return int(q), int(shift)
-
-
-def _round_half_away(x: float) -> int:
-    return int(math.copysign(math.floor(abs(x) + 0.5), x))
-
-
-def _activation_range(activation: int, out: Tensor) -> tuple[int, int]:
-    """CalculateActivationRangeQuantized: the clamp of a fused activation (float32 maths)."""
-    kind = ACTIVATIONS.get(activation)
-    if kind is None:
-        raise UserError(f"fused activation {activation} is not supported by the AOT engine")
-
-    def quantize(value: float) -> int:
-        return out.zero_point + _round_half_away(float(np.float32(value) / np.float32(out.scale)))
-
-    lo, hi = {"none": (-128, 127), "relu": (quantize(0.0), 127), "relu6": (quantize(0.0), quantize(6.0)),
-              "relu_n1_to_1": (quantize(-1.0), quantize(1.0))}[kind]
-    return max(-128, lo), min(127, hi)
 
 
 def _padding(padding: int, stride: int, dilation: int, size_in: int, kernel: int, size_out: int) -> int:
@@ -125,6 +100,9 @@ class _Emitter:
         self.stored: dict[str, tuple[int, np.ndarray] | None] = {}
         self.im2col: dict[int, bool] = {}
         self.gathered: dict[int, int] = {}  # CONV_2D run as one FC per output pixel: how many pixels
+        # per requantisation name: aot_conv_params.narrow, and the biases as stored (constant_filters)
+        self.narrow: dict[str, int] = {}
+        self.biases: dict[str, np.ndarray] = {}
 
     def ptr(self, tensor: int) -> str:
         return f"arena + {self.offsets[tensor]}"
@@ -153,8 +131,10 @@ class _Emitter:
         return f"{{{name}_values, {name}_bitmap, {k}, {shift}}}", shift
 
     def requant(self, name: str, x: Tensor, w: Tensor, y: Tensor, bias: Tensor | None,
-                fold_input_offset: bool = False, depthwise: bool = False, channels: int = 0) -> str:
-        """Stores multipliers, shifts and (unless all zero) biases; returns the bias initialiser.
+                fold_input_offset: bool = False, depthwise: bool = False, channels: int = 0,
+                store_bias: bool = True) -> str:
+        """Stores multipliers, shifts and (unless all zero, or not ``store_bias``) biases; returns the
+        bias initialiser. Notes in ``narrow`` whether the layer's accumulators are narrow.
 
         With ``fold_input_offset`` (CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED) the stored bias
         is bias + input_offset x the output channel's weight sum, always stored: the fast kernels
@@ -163,25 +143,29 @@ class _Emitter:
         """
         scales = w.scales if len(w.scales) > 1 else w.scales[:1] * max(channels, 1)
         pairs = [quantize_multiplier(float(x.scale) * float(s) / float(y.scale)) for s in scales]
+        # one row per output channel: [out][...] kernels, or the last axis of a depthwise [1][kh][kw][out]
+        per_channel = np.moveaxis(w.data, -1, 0) if depthwise else w.data
+        values = np.zeros(per_channel.shape[0], np.int64) if bias is None or bias.data is None else bias.data
+        values, pairs = constant_filters(per_channel, values, pairs, y.zero_point)
         self.arrays.append(_c_array("int32_t", f"{name}_multiplier", [p[0] for p in pairs]))
         self.arrays.append(_c_array("int8_t", f"{name}_shift", [p[1] for p in pairs]))
         self.quant_bytes += 5 * len(pairs)
-        # one row per output channel: [out][...] kernels, or the last axis of a depthwise [1][kh][kw][out]
-        per_channel = np.moveaxis(w.data, -1, 0) if depthwise else w.data
+        self.biases[name] = values
+        self.narrow[name] = int(narrow_accumulators(per_channel, values, [p[1] for p in pairs]))
+        if not store_bias:
+            return "0"
         if fold_input_offset:
-            return self.folded_bias(name, x, bias, per_channel)
-        values = np.zeros(per_channel.shape[0], np.int64) if bias is None or bias.data is None else bias.data
+            return self.folded_bias(name, x, values, per_channel)
         if not np.any(values):
             return "0"  # TFLite adds all-zero biases to bias-free layers; the kernels accept none
         self.arrays.append(_c_array("int32_t", f"{name}_bias", values))
         self.bias_bytes += 4 * len(values)
         return f"{name}_bias"
 
-    def folded_bias(self, name: str, x: Tensor, bias: Tensor | None, rows: np.ndarray) -> str:
+    def folded_bias(self, name: str, x: Tensor, bias: np.ndarray, rows: np.ndarray) -> str:
         """Stores bias + input_offset x each output row's weight sum (``rows``: [out][...]); returns its name."""
         channels = rows.shape[0]
-        values = np.zeros(channels, np.int64) if bias is None or bias.data is None else bias.data.astype(np.int64)
-        values = values - int(x.zero_point) * rows.reshape(channels, -1).astype(np.int64).sum(axis=1)
+        values = bias.astype(np.int64) - int(x.zero_point) * rows.reshape(channels, -1).astype(np.int64).sum(axis=1)
         # int32 arithmetic wraps (the firmware is built with -fwrapv, as TFLite's sums wrap on the
         # device): a bias saturated at the int32 limits, as on a pruned-away channel, folds modulo 2^32
         values = (values + (1 << 31)) % (1 << 32) - (1 << 31)
@@ -208,14 +192,15 @@ def generate(data: bytes, label: str = "model") -> AotModel:
     scratch = {int(name.split(":")[0]): span for name, span in spans.items()}
     emit = _Emitter(graph, offsets, _dense_layers(graph, allowance, scratch), scratch)
     by_index = {op.index: op for op in graph.operators}
-    operators, op_indices, op_work = [], [], []
+    operators, op_indices, op_work, op_work_no_dsp = [], [], [], []
     for index in order:
         _emit_op(emit, by_index[index])
         if emit.calls and not emit.calls[-1].startswith("  aot_mark("):
             emit.calls.append(f"  aot_mark({len(operators)});\n")  # the op's end tick: per-op profile
             operators.append(_describe(graph, by_index[index]))
             op_indices.append(index)
-            op_work.append(_op_work(emit, by_index[index]))
+            op_work.append(_op_work(emit, by_index[index], dsp=True))
+            op_work_no_dsp.append(_op_work(emit, by_index[index], dsp=False))
     x, y = graph.tensors[graph.inputs[0]], graph.tensors[graph.outputs[0]]
     header = (f"/* Generated by pipeline/deploy/aot.py from {label}; do not edit. */\n"
               "#ifndef AOT_MODEL_H_\n#define AOT_MODEL_H_\n#include <stdint.h>\n"
@@ -230,7 +215,8 @@ def generate(data: bytes, label: str = "model") -> AotModel:
               + "".join(emit.arrays)
               + "\nvoid aot_model_invoke(int8_t* arena) {\n" + "".join(emit.calls) + "}\n")
     return AotModel(source, header, arena, emit.kernel_bytes, emit.bias_bytes, emit.quant_bytes,
-                    costs.model_size_bytes(resources), wm, tuple(operators), tuple(op_indices), tuple(op_work))
+                    costs.model_size_bytes(resources), wm, tuple(operators), tuple(op_indices), tuple(op_work),
+                    tuple(op_work_no_dsp))
 
 
 def write_sources(model: AotModel, folder: Path) -> None:
@@ -251,7 +237,7 @@ def _emit_op(emit: _Emitter, op: Operator) -> None:
         kh, kw = (w.shape[1], w.shape[2])
         _, ih, iw, ic = x.shape
         _, oh, ow, oc = y.shape
-        lo, hi = _activation_range(o["fusedActivationFunction"], y)
+        lo, hi = activation_range(o["fusedActivationFunction"], y)
         if not depthwise and _emit_gathered(emit, op, name, lo, hi):
             return
         bias_ref = emit.requant(name, x, w, y, bias, fold_input_offset=True, depthwise=depthwise)
@@ -270,13 +256,13 @@ def _emit_op(emit: _Emitter, op: Operator) -> None:
             inside_y, inside_x = _geometry(op, t).inside_taps()
             border_ref = "0"
             if min(inside_y) < kh or min(inside_x) < kw:  # border outputs: their bias, unfolded, as a constant
-                original = np.zeros(oc, np.int64) if bias is None or bias.data is None else bias.data
-                emit.arrays.append(_c_array("int32_t", f"{name}_border_bias", original))
+                emit.arrays.append(_c_array("int32_t", f"{name}_border_bias", emit.biases[name]))
                 emit.quant_bytes += 4 * oc
                 border_ref = f"{name}_border_bias"
             im2col = _im2col_sparse(op, t, shift, emit.scratch.get(op.index, (0, 0))[1])
             emit.im2col[op.index] = im2col
             extra = f", {border_ref}, {int(im2col)}"
+        extra = (extra or ", 0, 0") + f", {emit.narrow[name]}"
         emit.arrays.append(
             f"static const aot_conv_params {name} = {{{ih}, {iw}, {ic}, {oh}, {ow}, {oc}, {kh}, {kw}, "
             f"{o['strideH']}, {o['strideW']}, {dh}, {dw}, {ph}, {pw}, {oc // ic if depthwise else 1}, "
@@ -291,13 +277,14 @@ def _emit_op(emit: _Emitter, op: Operator) -> None:
     elif op.name == "FULLY_CONNECTED":
         x, w, y = t[op.inputs[0]], t[op.inputs[1]], t[op.outputs[0]]
         bias = t[op.inputs[2]] if len(op.inputs) > 2 and op.inputs[2] >= 0 else None
-        lo, hi = _activation_range(o["fusedActivationFunction"], y)
+        lo, hi = activation_range(o["fusedActivationFunction"], y)
         g = _geometry(op, t)
         if _fast_fc(g):  # a 1x1 convolution over its rows of input: the fast CONV_2D kernel, inlined
             bias_ref = emit.requant(name, x, w, y, bias, fold_input_offset=True, channels=g.out_c)
             weights, _ = emit.weights(name, w.data, op.index in emit.dense)
             emit.im2col[op.index] = False
-            emit.arrays.append(_pointwise_params(name, name, g.in_h, g.in_c, g.out_c, x, y, lo, hi, bias_ref, weights))
+            emit.arrays.append(_pointwise_params(name, name, g.in_h, g.in_c, g.out_c, x, y, lo, hi, bias_ref, weights,
+                                             emit.narrow[name]))
             at, size = emit.scratch.get(op.index, (0, 0))
             emit.calls.append(f"  AOT_CONV2D({name}, {emit.ptr(x.index)}, {emit.ptr(y.index)}, "
                               f"{f'arena + {at}' if size else '0'}, {size});\n")
@@ -313,7 +300,7 @@ def _emit_op(emit: _Emitter, op: Operator) -> None:
         x, y = t[op.inputs[0]], t[op.outputs[0]]
         _, ih, iw, c = x.shape
         _, oh, ow, _ = y.shape
-        lo, hi = _activation_range(o["fusedActivationFunction"], y)
+        lo, hi = activation_range(o["fusedActivationFunction"], y)
         g = _geometry(op, t)
         ph, pw = g.pad_h, g.pad_w
         emit.arrays.append(
@@ -331,7 +318,7 @@ def _emit_op(emit: _Emitter, op: Operator) -> None:
         m1, s1 = quantize_multiplier(float(a.scale) / twice_max)
         m2, s2 = quantize_multiplier(float(b.scale) / twice_max)
         mo, so = quantize_multiplier(twice_max / ((1 << 20) * float(y.scale)))
-        lo, hi = _activation_range(o.get("fusedActivationFunction", 0), y)
+        lo, hi = activation_range(o.get("fusedActivationFunction", 0), y)
         emit.arrays.append(
             f"static const aot_add_params {name} = {{{y.size}, {-a.zero_point}, {-b.zero_point}, "
             f"{y.zero_point}, 20, {m1}, {m2}, {mo}, {s1}, {s2}, {so}, {lo}, {hi}}};\n")
@@ -363,7 +350,7 @@ def _emit_op(emit: _Emitter, op: Operator) -> None:
     elif op.name == "MEAN":
         x, y = t[op.inputs[0]], t[op.outputs[0]]
         outer, count, inner = _mean_layout(x, t[op.inputs[1]])
-        multiplier, shift = _mean_multiplier(float(x.scale) / float(y.scale), count)
+        multiplier, shift = mean_multiplier(float(x.scale) / float(y.scale), count)
         emit.calls.append(f"  aot_mean({outer}, {count}, {inner}, {x.zero_point}, {y.zero_point}, "
                           f"{multiplier}, {shift}, {emit.ptr(x.index)}, {emit.ptr(y.index)});\n")
     elif op.name == "SOFTMAX":
@@ -485,12 +472,15 @@ def _emit_gathered(emit: _Emitter, op: Operator, name: str, lo: int, hi: int) ->
     if sum(size(k) + 4 * g.out_c for k in kernels) > size(w.data) + 8 * g.out_c:  # + bias and border bias
         return False
     bias = t[op.inputs[2]] if len(op.inputs) > 2 and op.inputs[2] >= 0 else None
-    emit.requant(name, x, w, y, None)  # the multipliers and shifts, shared by every pixel
+    # the multipliers and shifts, shared by every pixel; each pixel's accumulator sums a subset of the
+    # kernel's taps, so the kernel's accumulator bound (emit.narrow) holds for it
+    emit.requant(name, x, w, y, bias, store_bias=False)
     for p, rows in enumerate(kernels):
         pixel = f"{name}_{p}"
-        bias_ref = emit.folded_bias(pixel, x, bias, rows)
+        bias_ref = emit.folded_bias(pixel, x, emit.biases[name], rows)
         weights, _ = emit.weights(pixel, rows, dense)
-        emit.arrays.append(_pointwise_params(pixel, name, 1, rows.shape[1], g.out_c, x, y, lo, hi, bias_ref, weights))
+        emit.arrays.append(_pointwise_params(pixel, name, 1, rows.shape[1], g.out_c, x, y, lo, hi, bias_ref, weights,
+                                               emit.narrow[name]))
         emit.calls.append(f"  AOT_CONV2D({pixel}, {emit.ptr(x.index)}, {emit.ptr(y.index)} + {p * g.out_c}, 0, 0);\n")
     emit.gathered[op.index] = len(kernels)
     emit.im2col[op.index] = False
@@ -498,12 +488,12 @@ def _emit_gathered(emit: _Emitter, op: Operator, name: str, lo: int, hi: int) ->
 
 
 def _pointwise_params(name: str, quant: str, pixels: int, in_c: int, out_c: int, x: Tensor, y: Tensor,
-                      lo: int, hi: int, bias_ref: str, weights: str) -> str:
+                      lo: int, hi: int, bias_ref: str, weights: str, narrow: int) -> str:
     """The aot_conv_params of a 1x1 convolution over ``pixels`` contiguous rows of ``in_c`` inputs
     (a FULLY_CONNECTED, or one pixel of a gathered CONV_2D), with ``quant``'s multipliers and shifts."""
     return (f"static const aot_conv_params {name} = {{{pixels}, 1, {in_c}, {pixels}, 1, {out_c}, 1, 1, 1, 1, 1, 1, "
             f"0, 0, 1, {-x.zero_point}, {y.zero_point}, {lo}, {hi}, {quant}_multiplier, {quant}_shift, {bias_ref}, "
-            f"{weights}, 0, 0}};\n")
+            f"{weights}, 0, 0, {narrow}}};\n")
 
 
 def _fast_fc(g: aot_work.ConvGeometry) -> bool:
@@ -516,8 +506,18 @@ def _im2col_sparse(op: Operator, t: dict, shift: int | None, scratch_bytes: int)
     return op.name == "CONV_2D" and aot_work.im2col_chosen(_geometry(op, t), shift, scratch_bytes)
 
 
-def _op_work(emit: _Emitter, op: Operator) -> dict[str, float]:
-    """The counted work of an operator as generated (aot_work): the paths its kernel takes."""
+def _op_work(emit: _Emitter, op: Operator, dsp: bool) -> dict[str, float]:
+    """The counted work of an operator as generated (aot_work), with its outputs counted again as
+    ``wide_outputs`` where its requantisation is the full one (not ``narrow``)."""
+    work = _kernel_work(emit, op, dsp)
+    if op.name in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED") and not emit.narrow.get(f"op{op.index}", 1):
+        work["wide_outputs"] = work["outputs"]
+    return work
+
+
+def _kernel_work(emit: _Emitter, op: Operator, dsp: bool) -> dict[str, float]:
+    """The counted work of an operator as generated (aot_work): the paths its kernel takes on a
+    core with the DSP extension (``dsp``) or without."""
     t = emit.graph.tensors
     x, y = t[op.inputs[0]], t[op.outputs[0]]
     stored = emit.stored.get(f"op{op.index}")  # as _Emitter.weights stored the kernel
@@ -528,14 +528,14 @@ def _op_work(emit: _Emitter, op: Operator) -> dict[str, float]:
         for p in range(emit.gathered[op.index]):
             kept = emit.stored.get(f"op{op.index}_{p}")
             works.append(aot_work.conv_work(pixel, aot_work.KernelLayout() if kept is None
-                                            else aot_work.row_layout(kept[1], kept[0], 0, False)))
+                                            else aot_work.row_layout(kept[1], kept[0], 0, False), dsp))
         return {key: sum(work[key] for work in works) for key in works[0]}
     if op.name == "CONV_2D" or (op.name == "FULLY_CONNECTED" and _fast_fc(_geometry(op, t))):
         if stored is None:
-            return aot_work.conv_work(_geometry(op, t), aot_work.KernelLayout())
+            return aot_work.conv_work(_geometry(op, t), aot_work.KernelLayout(), dsp)
         shift, mask = stored
         layout = aot_work.row_layout(mask, shift, emit.scratch.get(op.index, (0, 0))[1], emit.im2col[op.index])
-        return aot_work.conv_work(_geometry(op, t), layout)
+        return aot_work.conv_work(_geometry(op, t), layout, dsp)
     if op.name == "DEPTHWISE_CONV_2D":
         return aot_work.depthwise_work(_geometry(op, t))
     if op.name == "FULLY_CONNECTED":  # too large for the convolution's fields: the portable kernel
@@ -596,10 +596,3 @@ def _mean_layout(x: Tensor, axis: Tensor) -> tuple[int, int, int]:
     outer = int(np.prod(x.shape[:axes[0]], dtype=np.int64))
     count = int(np.prod(x.shape[axes[0]:axes[-1] + 1], dtype=np.int64))
     return outer, count, x.size // (outer * count)
-
-
-def _mean_multiplier(real: float, count: int) -> tuple[int, int]:
-    """TFLite Micro's int8 MEAN rescaling: input/output scale folded with 1/count in integers."""
-    multiplier, shift = quantize_multiplier(real)
-    extra = min(count.bit_length() - 1, 32, 31 + shift)
-    return int((multiplier << extra) // count), shift - extra

@@ -1,7 +1,8 @@
 """The work the AOT engine's kernels do per operator: aot_conv_impl.h's choice of path, mirrored.
 
 The fast CONV_2D kernel (tflm_project/engine/aot/aot_conv_impl.h) picks a path per
-layer and per output row: two dense rows per pass, one row, a list of stored
+layer and per output row: a small window copied once per output pixel (on a core with the
+DSP extension), two dense rows per pass, one row, a list of stored
 blocks over contiguous windows (or, for a single output pixel, one walk of each
 row's bitmap), im2col patches for blocks that straddle the window's runs, a
 block-by-block walk, or a constant for a pruned-away filter.
@@ -9,7 +10,9 @@ Each path costs a different number of instructions per multiply-accumulate and
 per output, so one linear function of "MACs" and "outputs" fits them badly.
 :func:`conv_work` follows the same decisions as the C code and counts, per path,
 the units whose cost is nearly constant (multiply-accumulates, outputs, stored
-blocks visited, runs clipped at the border, bytes copied). The latency model
+blocks visited, runs clipped at the border, bytes copied; outputs of a layer whose
+accumulators the generator could not prove narrow again as ``wide_outputs``, for
+their full requantisation). The latency model
 (:mod:`pipeline.search.latency`) fits one coefficient per count, operator kind
 and core.
 
@@ -27,8 +30,16 @@ WORK = ("pair_macs", "contiguous_macs", "pair_border_macs", "one_macs", "interio
         "row_bytes", "single_macs", "single_blocks", "listed_scan", "listed_macs", "listed_blocks", "listed_outputs", "im2col_bytes", "im2col_macs", "im2col_blocks",
         "im2col_outputs", "walk_macs", "walk_blocks", "walk_bits", "unaligned_bits", "contiguous_bits", "walk_outputs",
         "strided_pixels", "constant_outputs",
-        "expand_bytes", "fc_steps", "fc_macs", "taps", "group_taps", "outputs", "inputs", "rows", "fixed")
+        "expand_bytes", "window_pixels", "window_bytes", "window_macs", "window_outputs", "fc_steps", "fc_macs",
+        "taps", "group_taps", "outputs", "pair_outputs", "wide_outputs", "inputs", "rows", "fixed")
 IM2COL_INSIDE_AT_LEAST = 0.75  # share of window taps inside the input for which copying windows pays
+WINDOW_MAX = 32  # aot_conv_window.h's AOT_WINDOW_MAX: the largest kh x kw x in_c run through a patch
+DSP_CORES = frozenset({"cortex-m4", "cortex-m7", "cortex-m33", "cortex-m55"})  # __ARM_FEATURE_DSP
+
+
+def has_dsp(core: str) -> bool:
+    """Whether the core has the DSP extension, for which some kernels take other paths."""
+    return core in DSP_CORES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,19 +134,37 @@ def gathered_chosen(g: ConvGeometry) -> bool:
     return padded and g.out_h * g.out_w * g.in_h * g.in_w * g.in_c <= g.row_len
 
 
-def conv_work(g: ConvGeometry, layout: KernelLayout) -> dict[str, float]:
-    """The counted work of one CONV_2D, following aot_conv2d_inline's choice of path.
+def window_chosen(g: ConvGeometry, layout: KernelLayout, dsp: bool) -> bool:
+    """Whether a CONV_2D takes conv_window (aot_conv_window.h's window_chosen): on a core with the
+    DSP extension, dense rows of at most WINDOW_MAX weights over windows that are not contiguous,
+    on a map of which at least half the outputs (and more than one) are interior."""
+    ys, xs = g.inside_taps()
+    interior = sum(y == g.kernel_h for y in ys) * sum(x == g.kernel_w for x in xs)
+    return (dsp and layout.stored_blocks is None and g.row_len <= WINDOW_MAX and not _contiguous(g)
+            and 2 * interior >= g.out_h * g.out_w and interior > 1)
+
+
+def _contiguous(g: ConvGeometry) -> bool:
+    """A 1x1 kernel without padding, or one output over the whole input: each window is one run."""
+    return (g.kernel_h == g.kernel_w == 1 and g.pad_h == g.pad_w == 0) or (
+        g.out_h * g.out_w == 1 and (g.in_h, g.in_w) == (g.kernel_h, g.kernel_w) and g.pad_h == g.pad_w == 0
+        and g.dilation_h == g.dilation_w == 1)
+
+
+def conv_work(g: ConvGeometry, layout: KernelLayout, dsp: bool = True) -> dict[str, float]:
+    """The counted work of one CONV_2D, following aot_conv2d_inline's choice of path on a core with
+    the DSP extension (``dsp``) or without.
 
     ``outputs`` counts every computed output of every path (each is requantised, clamped and
     stored alike); the paths that add work per output of their own count it again in
     ``<path>_outputs``.
     """
-    work = _conv_paths(g, layout)
+    work = _conv_paths(g, layout, dsp)
     work["outputs"] += sum(work[f"{path}_outputs"] for path in ("listed", "im2col", "walk"))
     return work
 
 
-def _conv_paths(g: ConvGeometry, layout: KernelLayout) -> dict[str, float]:
+def _conv_paths(g: ConvGeometry, layout: KernelLayout, dsp: bool) -> dict[str, float]:
     work = dict.fromkeys(WORK, 0.0)
     k, pos, oc = g.row_len, g.out_h * g.out_w, g.out_c
     runs = g.kernel_h * (1 if g.dilation_w == 1 else g.kernel_w)
@@ -144,14 +173,22 @@ def _conv_paths(g: ConvGeometry, layout: KernelLayout) -> dict[str, float]:
     interior = sum(y == g.kernel_h for y in ys) * sum(x == g.kernel_w for x in xs)
     border = pos - interior
     border_macs = (sum(ys) * sum(xs) - interior * g.kernel_h * g.kernel_w) * g.in_c
-    contiguous = (g.kernel_h == g.kernel_w == 1 and g.pad_h == g.pad_w == 0) or (
-        pos == 1 and (g.in_h, g.in_w) == (g.kernel_h, g.kernel_w) and g.pad_h == g.pad_w == 0
-        and g.dilation_h == g.dilation_w == 1)
+    contiguous = _contiguous(g)
     strided = g.stride_h > 1 or g.stride_w > 1  # a contiguous window's pixel found by division
     work.update(fixed=1.0, rows=float(oc))
+    if window_chosen(g, layout, dsp):  # conv_window: a patch per interior pixel, the border by runs
+        work["outputs"] += oc * pos
+        work["window_pixels"] += interior
+        work["window_bytes"] += interior * k
+        work["window_macs"] += interior * k * oc
+        work["window_outputs"] += interior * oc  # each with its channel's constants loaded per output
+        work["pair_border_macs"] += oc * border_macs
+        work["border_runs"] += oc / 2 * border * runs
+        return work
 
     def pairs(rows: int) -> None:  # `rows` dense rows, two per pass
         work["outputs"] += rows * pos
+        work["pair_outputs"] += rows * pos  # two channels' constants and sums held at once
         if pos == 1:  # one output position (a dense layer): each weight used once
             work["fc_macs"] += rows * k
             work["interior_runs"] += rows / 2 * runs

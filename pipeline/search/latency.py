@@ -44,8 +44,8 @@ ANY_KIND = "*"  # the row fitted over every operator, for a kind the calibration
 _AMPLE_SCRATCH = 1 << 30
 
 
-def op_features(op: GraphOp, graph: ResourceGraph) -> dict[str, float]:
-    """The estimated work of one operator of a resource graph (all zero for an aliased one)."""
+def op_features(op: GraphOp, graph: ResourceGraph, core: str) -> dict[str, float]:
+    """The estimated work of one operator of a resource graph on ``core`` (all zero for an aliased one)."""
     if op.alias:
         return dict.fromkeys(FEATURES, 0.0)
     outputs = graph.tensor_bytes[op.output]
@@ -57,6 +57,7 @@ def op_features(op: GraphOp, graph: ResourceGraph) -> dict[str, float]:
     if op.kind == "DEPTHWISE_CONV_2D":
         return aot_work.depthwise_work(aot_work.same_geometry(op.input_hw, op.channels, op.channels,
                                                               op.kernel_hw, positions))
+    dsp = aot_work.has_dsp(core)
     rows = op.rows or op.channels
     k = op.kernel_weights // rows
     kh, kw = op.kernel_hw
@@ -67,16 +68,18 @@ def op_features(op: GraphOp, graph: ResourceGraph) -> dict[str, float]:
     if op.kind == "CONV_2D" and aot_work.gathered_chosen(geometry):  # one FC per output pixel (aot.py)
         pixel = aot_work.ConvGeometry(1, 1, geometry.in_h * geometry.in_w * geometry.in_c, 1, 1, rows, 1, 1)
         share = pixel.row_len * positions / k  # the whole-input rows' weights, against one kernel row's
-        work = _estimated_work(pixel, rows, round(op.kernel_nonzeros * share), round(op.kernel_weights * share))
+        work = _estimated_work(pixel, rows, round(op.kernel_nonzeros * share), round(op.kernel_weights * share),
+                               dsp)
         return {key: positions * value for key, value in work.items()}
-    return _estimated_work(geometry, rows, op.kernel_nonzeros, op.kernel_weights)
+    return _estimated_work(geometry, rows, op.kernel_nonzeros, op.kernel_weights, dsp)
 
 
-def _estimated_work(geometry: aot_work.ConvGeometry, rows: int, nonzeros: int, weights: int) -> dict[str, float]:
+def _estimated_work(geometry: aot_work.ConvGeometry, rows: int, nonzeros: int, weights: int,
+                    dsp: bool) -> dict[str, float]:
     """The counted work of a convolution whose layout is estimated from its nonzeros: dense when
     nearly so, else the kept 16-weight blocks shared evenly between rows, scratch taken to be ample."""
     if nonzeros >= (1 - DENSE_BELOW) * weights:
-        return aot_work.conv_work(geometry, aot_work.KernelLayout())
+        return aot_work.conv_work(geometry, aot_work.KernelLayout(), dsp)
     k = geometry.row_len
     shift = int(math.log2(PRUNING_BLOCK))
     per_row = -(-k // PRUNING_BLOCK)
@@ -84,7 +87,7 @@ def _estimated_work(geometry: aot_work.ConvGeometry, rows: int, nonzeros: int, w
     blocks = tuple(min(per_row, kept // rows + (r < kept % rows)) for r in range(rows))  # shared evenly
     layout = aot_work.KernelLayout(blocks, tuple(min(k, b * PRUNING_BLOCK) for b in blocks), shift,
                                    _AMPLE_SCRATCH, aot_work.im2col_chosen(geometry, shift, _AMPLE_SCRATCH))
-    return aot_work.conv_work(geometry, layout)
+    return aot_work.conv_work(geometry, layout, dsp)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,7 +107,7 @@ class LatencyModel:
 
     def op_instructions(self, op: GraphOp, graph: ResourceGraph, core: str) -> float:
         """Predicted instructions of one operator of a resource graph on ``core`` (estimated layout)."""
-        return 0.0 if op.alias else self.kind_instructions(op.kind, op_features(op, graph), core)
+        return 0.0 if op.alias else self.kind_instructions(op.kind, op_features(op, graph, core), core)
 
     def instructions(self, graph: ResourceGraph, core: str) -> int:
         """Predicted instructions of one inference of a candidate on ``core``, before training."""
@@ -113,17 +116,22 @@ class LatencyModel:
     def model_instructions(self, data: bytes, core: str) -> int:
         """Predicted instructions of one inference of a converted int8 model on ``core``, from the
         layout the AOT generator gives it (UserError for an operator the engine lacks)."""
-        return int(round(sum(self.kind_instructions(kind, work, core) for kind, work in _generated_work(data))))
+        return int(round(sum(self.kind_instructions(kind, work, core) for kind, work in _generated_work(data, core))))
+
+
+def _generated_work(data: bytes, core: str) -> tuple[tuple[str, dict[str, float]], ...]:
+    """(operator kind, counted work on ``core``) of every operator the AOT engine runs for ``data``."""
+    model = _generated(data)
+    return tuple((name.split()[0], work) for name, work in zip(model.operators, model.work_for(core)))
 
 
 @functools.lru_cache(maxsize=16)
-def _generated_work(data: bytes) -> tuple[tuple[str, dict[str, float]], ...]:
-    """(operator kind, counted work) of every operator the AOT engine runs for ``data``, generated
-    once per model however many cores and devices ask."""
+def _generated(data: bytes):
+    """The AOT engine's sources for ``data``, generated once per model however many cores and
+    devices ask."""
     from pipeline.deploy import aot  # the generator imports the search's cost functions
 
-    model = aot.generate(data)
-    return tuple((name.split()[0], work) for name, work in zip(model.operators, model.op_work))
+    return aot.generate(data)
 
 
 def predicted_ms(instructions: int, clock_hz: int) -> float:

@@ -27,12 +27,9 @@
 #include <string.h>
 
 #include "aot_conv_rows.h"
+#include "aot_conv_window.h"
 #include "aot_kernels.h"
 #include "aot_simd.h"
-
-typedef struct {
-  int oy_lo, oy_hi, ox_lo, ox_hi; /* the interior: outputs whose window lies inside the input */
-} interior_box;
 
 /* Output channels oc and oc + 1 from two consecutive dense rows starting at `rows`. */
 static inline __attribute__((always_inline)) void conv_two_rows(const patch_shape* s, const interior_box* box,
@@ -62,19 +59,10 @@ static inline __attribute__((always_inline)) void conv_two_rows(const patch_shap
         acc1 = border1;
         dense_border2(s, rows, k, input, y0, x0, &acc0, &acc1);
       }
-      out[0] = clamp_s8(requant_apply(&q0, acc0) + p->output_offset, p->act_min, p->act_max);
-      out[1] = clamp_s8(requant_apply(&q1, acc1) + p->output_offset, p->act_min, p->act_max);
+      out[0] = requant_out(p, &q0, acc0);
+      out[1] = requant_out(p, &q1, acc1);
     }
   }
-}
-
-/* Output channel oc of a pruned-away filter: its bias, requantised, everywhere. */
-static inline __attribute__((always_inline)) void conv_constant_row(const aot_conv_params* p, int oc, int8_t* output) {
-  const int32_t bias = p->bias ? p->bias[oc] : 0;
-  const int8_t constant =
-      clamp_s8(requantize(bias, p->multiplier[oc], p->shift[oc]) + p->output_offset, p->act_min, p->act_max);
-  int8_t* out = output + oc;
-  for (int i = 0; i < p->out_h * p->out_w; ++i, out += p->out_c) *out = constant;
 }
 
 /* Output channel oc from one row: dense, or block-sparse walked block by block. */
@@ -139,15 +127,15 @@ static inline __attribute__((always_inline)) void conv_one_row(const patch_shape
             a0 = a1 = border_bias;
             masked_border_pair(s, values, mask, input, y0, x0, &a0, &a1);
           }
-          out[0] = clamp_s8(requant_apply(&q, a0) + p->output_offset, p->act_min, p->act_max);
+          out[0] = requant_out(p, &q, a0);
           out += p->out_c, ++ox;
-          *out = clamp_s8(requant_apply(&q, a1) + p->output_offset, p->act_min, p->act_max);
+          *out = requant_out(p, &q, a1);
           continue;
         }
         const int32_t acc = inside_y && ox >= box->ox_lo && ox <= box->ox_hi
                                 ? masked_interior(s, values, mask, window, bias)
                                 : masked_border_taps(s, values, mask, input, y0, x0, border_bias);
-        *out = clamp_s8(requant_apply(&q, acc) + p->output_offset, p->act_min, p->act_max);
+        *out = requant_out(p, &q, acc);
       }
     }
     return;
@@ -195,7 +183,7 @@ static inline __attribute__((always_inline)) void conv_one_row(const patch_shape
       } else {
         acc = dense_border(s, values, input, y0, x0, border_bias);
       }
-      *out = clamp_s8(requant_apply(&q, acc) + p->output_offset, p->act_min, p->act_max);
+      *out = requant_out(p, &q, acc);
     }
   }
 }
@@ -238,8 +226,8 @@ static inline __attribute__((always_inline)) void conv_contiguous_listed(const p
     const int8_t* w = values;
     for (int32_t j = 0; j < stored; ++j, w += block) dot2_s8(x0 + first[j], x1 + first[j], w, block, &a0, &a1);
     if (tail_stored) dot2_s8(x0 + full * block, x1 + full * block, tail_w, tail, &a0, &a1);
-    out[0] = clamp_s8(requant_apply(&q, a0) + p->output_offset, p->act_min, p->act_max);
-    out[p->out_c] = clamp_s8(requant_apply(&q, a1) + p->output_offset, p->act_min, p->act_max);
+    out[0] = requant_out(p, &q, a0);
+    out[p->out_c] = requant_out(p, &q, a1);
   }
   if (i < pixels) {
     const int8_t* x = pixel_input(p, input, i);
@@ -247,7 +235,7 @@ static inline __attribute__((always_inline)) void conv_contiguous_listed(const p
     const int8_t* w = values;
     for (int32_t j = 0; j < stored; ++j, w += block) a = dot_s8(w, x + first[j], block, a);
     if (tail_stored) a = dot_s8(tail_w, x + full * block, tail, a);
-    out[0] = clamp_s8(requant_apply(&q, a) + p->output_offset, p->act_min, p->act_max);
+    out[0] = requant_out(p, &q, a);
   }
 }
 
@@ -289,7 +277,7 @@ static inline __attribute__((always_inline)) void conv_single_sparse(const aot_c
       }
     }
     const requant_t q = requant_of(p->multiplier[oc], p->shift[oc]);
-    output[oc] = clamp_s8(requant_apply(&q, acc) + p->output_offset, p->act_min, p->act_max);
+    output[oc] = requant_out(p, &q, acc);
   }
 }
 
@@ -310,16 +298,16 @@ static inline __attribute__((always_inline)) void conv_contiguous_dense2(const p
   for (; i + 1 < pixels; i += 2, out += 2 * p->out_c) {
     int32_t a[4] = {bias0, bias1, bias0, bias1};
     dot_s8_2x2(rows, rows + k, pixel_input(p, input, i), pixel_input(p, input, i + 1), k, a);
-    out[0] = clamp_s8(requant_apply(&q0, a[0]) + p->output_offset, p->act_min, p->act_max);
-    out[1] = clamp_s8(requant_apply(&q1, a[1]) + p->output_offset, p->act_min, p->act_max);
-    out[p->out_c] = clamp_s8(requant_apply(&q0, a[2]) + p->output_offset, p->act_min, p->act_max);
-    out[p->out_c + 1] = clamp_s8(requant_apply(&q1, a[3]) + p->output_offset, p->act_min, p->act_max);
+    out[0] = requant_out(p, &q0, a[0]);
+    out[1] = requant_out(p, &q1, a[1]);
+    out[p->out_c] = requant_out(p, &q0, a[2]);
+    out[p->out_c + 1] = requant_out(p, &q1, a[3]);
   }
   if (i < pixels) {
     int32_t a0 = bias0, a1 = bias1;
     dot2_s8(rows, rows + k, pixel_input(p, input, i), k, &a0, &a1);
-    out[0] = clamp_s8(requant_apply(&q0, a0) + p->output_offset, p->act_min, p->act_max);
-    out[1] = clamp_s8(requant_apply(&q1, a1) + p->output_offset, p->act_min, p->act_max);
+    out[0] = requant_out(p, &q0, a0);
+    out[1] = requant_out(p, &q1, a1);
   }
 }
 
@@ -401,8 +389,8 @@ static inline __attribute__((always_inline)) void conv_im2col_sparse(const patch
       int32_t a0 = p->bias ? p->bias[oc] : 0, a1 = a0;
       w = sparse_row_pair(&p->weights, w, bits, patch0, x1, &a0, &a1);
       const requant_t q = requant_of(p->multiplier[oc], p->shift[oc]);
-      out[oc] = clamp_s8(requant_apply(&q, a0) + p->output_offset, p->act_min, p->act_max);
-      if (two) out[p->out_c + oc] = clamp_s8(requant_apply(&q, a1) + p->output_offset, p->act_min, p->act_max);
+      out[oc] = requant_out(p, &q, a0);
+      if (two) out[p->out_c + oc] = requant_out(p, &q, a1);
     }
   }
 }
@@ -427,6 +415,10 @@ static inline __attribute__((always_inline)) void aot_conv2d_inline(const aot_co
   const int contiguous = (p->kernel_h == 1 && p->kernel_w == 1 && p->pad_h == 0 && p->pad_w == 0) ||
                          (p->out_h == 1 && p->out_w == 1 && p->in_h == p->kernel_h && p->in_w == p->kernel_w &&
                           p->pad_h == 0 && p->pad_w == 0 && p->dilation_h == 1 && p->dilation_w == 1);
+  if (window_chosen(p, &box, contiguous)) { /* small windows (a first layer's): a patch per pixel, every filter */
+    conv_window(&s, &box, input, output);
+    return;
+  }
   const int8_t* values = weights->values;
   const uint8_t* bits = weights->bitmap;
   int oc = 0;

@@ -21,6 +21,19 @@ typedef struct {
   int32_t scratch_bytes;
 } patch_shape;
 
+typedef struct {
+  int oy_lo, oy_hi, ox_lo, ox_hi; /* the interior: outputs whose window lies inside the input */
+} interior_box;
+
+/* Output channel oc of a pruned-away filter: its bias, requantised, everywhere. */
+static inline __attribute__((always_inline)) void conv_constant_row(const aot_conv_params* p, int oc, int8_t* output) {
+  const int32_t bias = p->bias ? p->bias[oc] : 0;
+  const int8_t constant =
+      clamp_s8(requantize(bias, p->multiplier[oc], p->shift[oc]) + p->output_offset, p->act_min, p->act_max);
+  int8_t* out = output + oc;
+  for (int i = 0; i < p->out_h * p->out_w; ++i, out += p->out_c) *out = constant;
+}
+
 /* Run `r` of the window at (y0, x0): where it starts in the input (as an offset, possibly outside)
  * and the part [*lo, *hi) of it that lies inside the input. */
 static inline __attribute__((always_inline)) void run_at(const patch_shape* s, const int8_t* input, int y0, int x0, int32_t r,

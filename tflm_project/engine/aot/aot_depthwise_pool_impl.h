@@ -90,7 +90,7 @@ static inline __attribute__((always_inline)) void depthwise_group(const aot_conv
         }
       }
 #pragma GCC unroll 4
-      for (int i = 0; i < lanes; ++i) out[i] = clamp_s8(requant_apply(&q[i], a[i]) + p->output_offset, p->act_min, p->act_max);
+      for (int i = 0; i < lanes; ++i) out[i] = requant_out(p, &q[i], a[i]);
     }
   }
 }

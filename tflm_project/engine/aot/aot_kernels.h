@@ -39,6 +39,8 @@ typedef struct {
   aot_weights weights;
   const int32_t* border_bias; /* CONV_2D: the bias without the folded offset; set whenever the layer has border outputs */
   int32_t im2col;             /* CONV_2D, fast kernels: copy windows into scratch (pipeline/deploy/aot.py) */
+  int32_t narrow;             /* fast kernels: every accumulator within [-2^30, 2^30) and every shift
+                                 negative, as the generator proved: the short requantisation */
 } aot_conv_params;
 
 /* FULLY_CONNECTED too large for aot_conv_params' int16 shapes; any other runs as a 1x1 CONV_2D. */

@@ -8,6 +8,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "aot_kernels.h"
+
 #if defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
 #include <arm_acle.h>
 
@@ -53,6 +55,8 @@ typedef struct {
   int32_t right;      /* shift < 0: TFLite's rounding division by 2^right after */
   int32_t mask;       /* 2^right - 1 */
   int32_t half;       /* mask / 2: the remainder above which a non-negative result rounds up */
+  int32_t shift;      /* as given: the narrow form works out its division from it, with no test */
+  int32_t m_lo, m_hi; /* the multiplier's low 16 bits and high 15 bits, for the M0's narrow product */
 } requant_t;
 
 static inline __attribute__((always_inline)) requant_t requant_of(int32_t multiplier, int shift) {
@@ -62,6 +66,9 @@ static inline __attribute__((always_inline)) requant_t requant_of(int32_t multip
   q.right = shift > 0 ? 0 : -shift;
   q.mask = (int32_t)(((int64_t)1 << q.right) - 1);
   q.half = q.mask >> 1;
+  q.shift = shift;
+  q.m_lo = multiplier & 0xffff;
+  q.m_hi = multiplier >> 16;
   return q;
 }
 
@@ -72,6 +79,27 @@ static inline __attribute__((always_inline)) int32_t requant_apply(const requant
   const int32_t high = (int32_t)((nudged + (nudged < 0 ? 0x7fffffffLL : 0)) >> 31); /* toward zero */
   const int32_t threshold = q->half + (high < 0 ? 1 : 0);
   return (high >> q->right) + ((high & q->mask) > threshold ? 1 : 0);
+}
+
+/* The same integers, for a layer whose generator proved every accumulator within [-2^30, 2^30) and
+ * every shift negative (aot_conv_params.narrow; pipeline/deploy/aot_quant.py). The high half,
+ * floor((acc * multiplier + 2^30) / 2^31), is then one SMMULR of 2 * acc on the M4. The M0 has no
+ * long multiply (the 64-bit product is a call to __aeabi_lmul): with acc = h 2^16 + l, l its low
+ * half signed, and the multiplier M 2^16 + m, it is 2 h M + floor((h m + l M + floor((l m + 2^30)
+ * / 2^16)) / 2^15), every product and sum within int32 for such an acc. |high| being under 2^30,
+ * TFLite's rounding division (half away from zero) is (high + 2^(right-1) - (high < 0)) >> right,
+ * right = -shift >= 1. */
+static inline __attribute__((always_inline)) int32_t requant_apply_narrow(const requant_t* q, int32_t acc) {
+#if defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
+  int32_t high;
+  __asm__("smmulr %0, %1, %2" : "=r"(high) : "r"((int32_t)((uint32_t)acc << 1)), "r"(q->multiplier));
+#else
+  const int32_t l = (int16_t)acc, h = (acc - l) >> 16;
+  const int32_t mid = h * q->m_lo + l * q->m_hi + ((l * q->m_lo) >> 16) + (1 << 14);
+  const int32_t high = 2 * h * q->m_hi + (mid >> 15);
+#endif
+  const int32_t round = (int32_t)((1u << 30) >> (31 + q->shift)); /* 2^(right - 1), right = -shift */
+  return (high + round - (int32_t)((uint32_t)high >> 31)) >> -q->shift;
 }
 
 static inline __attribute__((always_inline)) int32_t requantize(int32_t acc, int32_t multiplier, int shift) {
@@ -92,6 +120,13 @@ static inline __attribute__((always_inline)) int8_t clamp_s8(int32_t v, int32_t 
 #endif
 }
 
+
+/* An output of layer p from its accumulator: requantised with its channel's q, offset and clamped. */
+static inline __attribute__((always_inline)) int8_t requant_out(const aot_conv_params* p, const requant_t* q,
+                                                                int32_t acc) {
+  const int32_t v = p->narrow ? requant_apply_narrow(q, acc) : requant_apply(q, acc);
+  return clamp_s8(v + p->output_offset, p->act_min, p->act_max);
+}
 
 /* Two rows against the same input: acc0 += w0 . x and acc1 += w1 . x, each input loaded once (as the
  * dot product is symmetric, also one row against two inputs). */
