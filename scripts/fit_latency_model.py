@@ -54,7 +54,7 @@ def _engine_sha() -> str:
     repo = Path(__file__).resolve().parent.parent
     digest = hashlib.sha256()
     for path in sorted([*(repo / "tflm_project" / "engine" / "aot").iterdir(), *(repo / "tflm_project" / "app").iterdir(),
-                        repo / "pipeline" / "deploy" / "aot.py", repo / "pipeline" / "deploy" / "aot_quant.py"]):
+                        *(repo / "pipeline" / "deploy").glob("aot*.py")]):
         digest.update(path.name.encode() + path.read_bytes())
     return digest.hexdigest()
 
