@@ -25,6 +25,10 @@ from pipeline import REPO_ROOT
 from pipeline.errors import UserError
 
 REPO_DATA_DIR = REPO_ROOT / "datasets"
+# Offline copies beside a checkout (CI's ../shared/datasets): read when no data dir is chosen and the
+# repository's datasets/ lacks the file; never written to.
+OFFLINE_COPIES = REPO_ROOT.parent / "shared" / "datasets"
+_OFFLINE_FILES = {"usps": "usps.h5", "usps2": "usps.h5", "mnist": "mnist.npz", "mnist2": "mnist.npz"}
 VALIDATION_FRACTION = 0.2
 SPLIT_SEED = 0
 DOWNLOAD_TIMEOUT_S = 15
@@ -74,15 +78,25 @@ class Dataset:
         return len(self.labels)
 
 
-def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
-    """The data dir: the flag, else $SPARSE_DATA_DIR, else the repository's datasets/."""
-    chosen = data_dir or os.environ.get("SPARSE_DATA_DIR") or REPO_DATA_DIR
-    return Path(chosen).expanduser().resolve()
+def resolve_data_dir(data_dir: str | os.PathLike | None, name: str | None = None) -> Path:
+    """The data dir of dataset ``name``.
+
+    The flag, else $SPARSE_DATA_DIR, else the repository's datasets/ (where missing files are
+    downloaded), except that a file datasets/ lacks is read from the offline copies beside the
+    checkout (OFFLINE_COPIES) when they hold it.
+    """
+    chosen = data_dir or os.environ.get("SPARSE_DATA_DIR")
+    if chosen:
+        return Path(chosen).expanduser().resolve()
+    fname = _OFFLINE_FILES.get(name or "")
+    if fname and not (REPO_DATA_DIR / fname).is_file() and (OFFLINE_COPIES / fname).is_file():
+        return OFFLINE_COPIES.resolve()
+    return REPO_DATA_DIR.resolve()
 
 
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Dataset:
     """Loads a dataset by name (see DATASETS) and splits off validation data."""
-    root = resolve_data_dir(data_dir)
+    root = resolve_data_dir(data_dir, name)
     if name.startswith("npz:"):
         x_tr, y_tr, x_te, y_te = _load_npz(Path(name[4:]).expanduser())
         labels = tuple(str(c) for c in range(int(max(y_tr.max(), y_te.max())) + 1))

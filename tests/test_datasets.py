@@ -25,6 +25,22 @@ def test_binary_usps_groups_digits_below_five(data_dir):
     assert d.labels == ("0-4", "5-9")
 
 
+def test_no_data_dir_reads_offline_copies_beside_checkout_without_writing(data_dir, tmp_path, monkeypatch):
+    import pipeline.datasets as datasets
+
+    monkeypatch.delenv("SPARSE_DATA_DIR", raising=False)
+    repo_dir = tmp_path / "datasets"
+    repo_dir.mkdir()
+    monkeypatch.setattr(datasets, "REPO_DATA_DIR", repo_dir)
+    monkeypatch.setattr(datasets, "OFFLINE_COPIES", data_dir)
+    before = sorted(p.name for p in data_dir.iterdir())
+    d = load_dataset("usps2")  # the README's main command names no data dir
+    assert len(d.x_test) == 2007 and datasets.resolve_data_dir(None, "usps2") == data_dir.resolve()
+    assert sorted(p.name for p in data_dir.iterdir()) == before and not any(repo_dir.iterdir())
+    assert datasets.resolve_data_dir(None, "cifar10") == repo_dir.resolve()  # no offline copy: downloads go here
+    assert datasets.resolve_data_dir(tmp_path / "mine", "usps2") == (tmp_path / "mine").resolve()  # a choice wins
+
+
 def test_missing_file_offline_fails_fast_naming_file_dir_and_url(tmp_path):
     started = time.monotonic()
     with pytest.raises(UserError) as err:

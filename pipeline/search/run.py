@@ -112,7 +112,7 @@ def prepare_search(dataset: str, trials: int, epochs: int, board: str, optimizer
            "early_stopping": bool(early_stop),
            "morphism_trials": morphism_trials, "morphism_epochs": morphism_epochs if morphism_trials else 0,
            "optimizer": optimizer, "seed": seed, "epochs": epochs, "engine": engine,
-           "data_dir": str(resolve_data_dir(data_dir))}  # not part of its identity: export reads it
+           "data_dir": str(resolve_data_dir(data_dir, dataset))}  # not part of its identity: export reads it
     _claim_output_dir(out, run)
     budget = make_budget(run)
     oracle = _make_oracle(optimizer, trials, seed, data, budget, max_retries_per_trial, run["min_accuracy"],
