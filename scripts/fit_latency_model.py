@@ -15,7 +15,7 @@ left out of the fit), it prints measured instructions per inference on each
 board beside the prediction from the generator's layout (what a finished
 trial and the report show) and the estimate from the resource graph (how the
 search predicts a candidate before training, here with the model's own
-nonzeros).
+nonzeros); the estimate is also summed up over the calibration models.
 
 Usage:
     .venv/bin/python scripts/fit_latency_model.py --fit runs/a runs/b --check runs/usps2-stm32f413-sparse-e10-s0 \
@@ -112,6 +112,17 @@ def _cross_validate(measured: dict[Path, list[tuple[str, list, int]]]) -> None:
               f"| {100 * max(errors):.1f} % |")
 
 
+def _check_estimate(model: LatencyModel, calibration: list[tuple[Path, str, int]]) -> None:
+    """The before-training estimate (from each model's resource graph, its own nonzeros standing
+    for the pruning targets) against every calibration model's measured count."""
+    errors = [model.instructions(tflite_model.resource_graph(path.read_bytes()), core) / total - 1
+              for path, core, total in calibration]
+    if errors:
+        print(f"\nestimated before training, the {len(errors)} calibration models x boards: "
+              f"{sum(abs(e) <= 0.2 for e in errors)} within 20 %, median error "
+              f"{100 * float(np.median(np.abs(errors))):.1f} %, largest {100 * max(map(abs, errors)):.1f} %")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fit", type=Path, nargs="+", required=True, help="search runs whose trials calibrate")
@@ -135,6 +146,7 @@ def main() -> int:
     scratch = args.work_dir
     # per fit run: (core, [(kind, work, instructions) per operator], instructions per inference)
     measured: dict[Path, list[tuple[str, list, int]]] = defaultdict(list)
+    calibration: list[tuple[Path, str, int]] = []  # (model, core, instructions per inference)
     for board in args.boards:
         core = get_board(board).core
         count = 0
@@ -146,6 +158,7 @@ def main() -> int:
                 continue
             count += 1
             measured[run].append((core, ops, total))
+            calibration.append((model, core, total))
         print(f"{board} ({core}): {count} of {len(models)} models measured", flush=True)
     rows = [(core, kind, coef, n) for (core, kind), (coef, n) in _fit_all(measured.values()).items()]
     header = (f"Instructions per operator of the AOT engine = sum of coefficient x work, per core and\n"
@@ -157,9 +170,10 @@ def main() -> int:
     print(f"wrote {LATENCY_MODEL_PATH}: {len(rows)} rows")
     if len(measured) > 1:
         _cross_validate(measured)
+    model = load_latency_model()
+    _check_estimate(model, calibration)
     if not checks:
         return 0
-    model = load_latency_model()
     print(f"\nPredicted against QEMU-measured instructions per inference, exported models of {args.check}:"
           "\nfrom the generator's layout (model_instructions), and estimated from the resource graph as the"
           "\nsearch does before training (instructions)\n")

@@ -364,12 +364,9 @@ def _emit_gathered(emit: _Emitter, op: Operator, name: str, lo: int, hi: int) ->
     t = emit.graph.tensors
     x, w, y = t[op.inputs[0]], t[op.inputs[1]], t[op.outputs[0]]
     g = aot_layout.geometry(op, t)
-    if not aot_work.gathered_chosen(g):
-        return False
-    kernels = aot_layout.gathered_kernels(g, w.data)
     dense = op.index in emit.dense
-    size = (lambda k: k.size if dense else aot_layout.smallest_format(k)[0])  # noqa: E731
-    if sum(size(k) + 4 * g.out_c for k in kernels) > size(w.data) + 8 * g.out_c:  # + bias and border bias
+    kernels = aot_layout.gathered_if_smaller(g, w.data, dense)
+    if kernels is None:
         return False
     bias = t[op.inputs[2]] if len(op.inputs) > 2 and op.inputs[2] >= 0 else None
     # the multipliers and shifts, shared by every pixel; each pixel's accumulator sums a subset of the

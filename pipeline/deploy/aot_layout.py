@@ -10,6 +10,7 @@ small map runs as one fully connected layer per output pixel.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Protocol
 
 import numpy as np
@@ -58,13 +59,19 @@ def geometry(op: Operator, t: dict) -> aot_work.ConvGeometry:
                                  padding(o["padding"], o["strideW"], dw, iw, kw, ow))
 
 
-def smallest_format(kernel: np.ndarray) -> tuple[int, int | None]:
-    """(bytes, block shift) of a kernel's smallest format; the shift is None when dense is smallest."""
+def smallest_format(kernel: np.ndarray, counts: np.ndarray | None = None) -> tuple[int, int | None]:
+    """(bytes, block shift) of a kernel's smallest format; the shift is None when dense is smallest.
+
+    With ``counts``, ``kernel`` holds distinct rows and row i stands for counts[i] rows (the
+    latency estimate's stand-in kernels, whose rows repeat); every size here adds up per row.
+    """
     rows = kernel.reshape(kernel.shape[0], -1)
-    best = (rows.size, None)
+    counts = np.ones(rows.shape[0], np.int64) if counts is None else counts
+    best = (int(counts.sum()) * rows.shape[1], None)
     for shift in reversed(range(MAX_BLOCK_SHIFT + 1)):  # on a tie the larger blocks, as weights() does
         stored, bitmap = block_bitmap(rows, shift)
-        best = min(best, (bitmap.size + int(stored.sum()), shift), key=lambda pair: pair[0])
+        size = int(counts.sum()) * bitmap.shape[1] + int(stored.sum(axis=1) @ counts)
+        best = min(best, (size, shift), key=lambda pair: pair[0])
     return best
 
 
@@ -83,8 +90,43 @@ def block_bitmap(rows: np.ndarray, shift: int) -> tuple[np.ndarray, np.ndarray]:
 _LISTED_DENSE_BELOW = 0.3  # zero fraction under which a listed 1x1 layer runs faster dense
 
 
+@dataclasses.dataclass(frozen=True)
+class WeightedLayer:
+    """What the dense-for-speed choice needs of one layer with weights.
+
+    Attributes:
+        index: the operator's index (what the choice returns).
+        name: CONV_2D, DEPTHWISE_CONV_2D or FULLY_CONNECTED.
+        kernel: its int8 kernel, [out][...] (a depthwise kernel's, as stored).
+        pixels: its output positions.
+        im2col_geometry: a CONV_2D's geometry (for the im2col choice), else None.
+        scratch_bytes: free arena bytes while it runs.
+        counts: with distinct rows in ``kernel``, how many rows each stands for (None: one each).
+    """
+
+    index: int
+    name: str
+    kernel: np.ndarray
+    pixels: int
+    im2col_geometry: aot_work.ConvGeometry | None = None
+    scratch_bytes: int = 0
+    counts: np.ndarray | None = None
+
+
 def dense_layers(graph: Graph, allowed_bytes: float,
                   scratch: dict[int, tuple[int, int]] | None = None) -> frozenset[int]:
+    """Layers of ``graph`` stored dense though a bitmap would be smaller (:func:`choose_dense`);
+    ``scratch``: operator index -> (offset, bytes) of free arena."""
+    scratch = scratch or {}
+    t = graph.tensors
+    layers = [WeightedLayer(op.index, op.name, t[op.inputs[1]].data,
+                            int(np.prod(t[op.outputs[0]].shape[1:-1], dtype=np.int64)) or 1,
+                            geometry(op, t) if op.name == "CONV_2D" else None, scratch.get(op.index, (0, 0))[1])
+              for op in graph.operators if op.name in ("CONV_2D", "FULLY_CONNECTED", "DEPTHWISE_CONV_2D")]
+    return choose_dense(layers, allowed_bytes)
+
+
+def choose_dense(layers: list[WeightedLayer], allowed_bytes: float) -> frozenset[int]:
     """Layers stored dense though a bitmap would be smaller, because a dense row runs faster.
 
     Within ``allowed_bytes`` for all weights (costs.aot_weight_bytes: the flash the search was
@@ -94,28 +136,28 @@ def dense_layers(graph: Graph, allowed_bytes: float,
     block-sparse, where a pruned block costs no time. A 1x1 convolution pruned in blocks of four
     or more runs its stored blocks from a list two pixels at a time, as fast per stored weight as
     dense, so it stays block-sparse unless nearly dense (_LISTED_DENSE_BELOW of it zero). So does
-    a layer whose blocks straddle its windows' runs when ``scratch`` (operator index -> (offset,
-    bytes) of free arena) has room for two im2col patches: its stored blocks then run two outputs
-    at a time, border outputs included, which dense storage would only slow down.
+    a layer whose blocks straddle its windows' runs when it has scratch for two im2col patches:
+    its stored blocks then run two outputs at a time, border outputs included, which dense
+    storage would only slow down.
     """
-    scratch = scratch or {}
-    t = graph.tensors
     candidates, stored = [], 0
-    for op in graph.operators:
-        if op.name in ("CONV_2D", "FULLY_CONNECTED"):
-            w = t[op.inputs[1]]
-            smallest, shift = smallest_format(w.data)
-            bias = 4 * w.shape[0]
-            stored += smallest + bias
-            extra = w.size - smallest
-            listed = ((op.name == "FULLY_CONNECTED" or w.shape[1:3] == (1, 1)) and shift is not None
-                      and shift >= 2 and np.mean(w.data == 0) >= _LISTED_DENSE_BELOW)
-            if extra > 0 and not listed and not im2col_sparse(op, t, shift, scratch.get(op.index, (0, 0))[1]) \
-                    and _has_partial_rows(w.data, shift):
-                pixels = int(np.prod(t[op.outputs[0]].shape[1:-1], dtype=np.int64)) or 1
-                candidates.append((int(np.count_nonzero(w.data)) * pixels / extra, extra, op.index))
-        elif op.name == "DEPTHWISE_CONV_2D":
-            stored += t[op.inputs[1]].size + 4 * t[op.inputs[1]].shape[-1]
+    for layer in layers:
+        w = layer.kernel
+        if layer.name == "DEPTHWISE_CONV_2D":
+            stored += w.size + 4 * w.shape[-1]
+            continue
+        counts = np.ones(w.shape[0], np.int64) if layer.counts is None else layer.counts
+        rows = w.reshape(w.shape[0], -1)
+        size, nonzeros = int(counts.sum()) * rows.shape[1], int(np.count_nonzero(rows, axis=1) @ counts)
+        smallest, shift = smallest_format(w, counts)
+        stored += smallest + 4 * int(counts.sum())
+        extra = size - smallest
+        listed = ((layer.name == "FULLY_CONNECTED" or w.shape[1:3] == (1, 1)) and shift is not None
+                  and shift >= 2 and 1 - nonzeros / size >= _LISTED_DENSE_BELOW)
+        im2col = layer.im2col_geometry is not None and aot_work.im2col_chosen(layer.im2col_geometry, shift,
+                                                                              layer.scratch_bytes)
+        if extra > 0 and not listed and not im2col and _has_partial_rows(w, shift):
+            candidates.append((nonzeros * layer.pixels / extra, extra, layer.index))
     allowance = allowed_bytes - stored
     chosen = set()
     for _, extra, index in sorted(candidates, reverse=True):
@@ -123,6 +165,21 @@ def dense_layers(graph: Graph, allowed_bytes: float,
             chosen.add(index)
             allowance -= extra
     return frozenset(chosen)
+
+
+def gathered_if_smaller(g: aot_work.ConvGeometry, kernel: np.ndarray, dense: bool,
+                        counts: np.ndarray | None = None) -> list[np.ndarray] | None:
+    """The per-pixel kernels of a CONV_2D run as one fully connected layer per output pixel
+    (aot_work.gathered_chosen), when they store no more bytes than the kernel, biases included
+    (dense when ``dense``, else each in its smallest format); else None. ``counts`` as for
+    :func:`smallest_format` (the pixel kernels then hold the same distinct rows)."""
+    if not aot_work.gathered_chosen(g):
+        return None
+    kernels = gathered_kernels(g, kernel)
+    size = (lambda k: g.out_c * (k.size // k.shape[0]) if dense else smallest_format(k, counts)[0])  # noqa: E731
+    if sum(size(k) + 4 * g.out_c for k in kernels) > size(kernel) + 8 * g.out_c:  # + bias and border bias
+        return None
+    return kernels
 
 
 def _has_partial_rows(kernel: np.ndarray, shift: int | None) -> bool:
@@ -144,14 +201,14 @@ def gathered_kernels(g: aot_work.ConvGeometry, kernel: np.ndarray) -> list[np.nd
     kernels = []
     for oy in range(g.out_h):
         for ox in range(g.out_w):
-            rows = np.zeros((g.out_c, g.in_h, g.in_w, g.in_c), kernel.dtype)
+            rows = np.zeros((kernel.shape[0], g.in_h, g.in_w, g.in_c), kernel.dtype)
             for ky in range(g.kernel_h):
                 yy = oy * g.stride_h - g.pad_h + ky * g.dilation_h
                 for kx in range(g.kernel_w):
                     xx = ox * g.stride_w - g.pad_w + kx * g.dilation_w
                     if 0 <= yy < g.in_h and 0 <= xx < g.in_w:
                         rows[:, yy, xx, :] = kernel[:, ky, kx, :]
-            kernels.append(rows.reshape(g.out_c, -1))
+            kernels.append(rows.reshape(kernel.shape[0], -1))
     return kernels
 
 

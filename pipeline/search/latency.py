@@ -15,11 +15,9 @@ Two sources of that work:
 * :meth:`LatencyModel.model_instructions`, for a converted model: the
   generator's own layout (stored blocks per row, scratch, the im2col choice);
 * :meth:`LatencyModel.instructions`, for a candidate's resource graph before
-  training (the search's constraint): the layout estimated from the pruning
-  targets. Rows share the kept blocks of PRUNING_BLOCK weights evenly; a
-  kernel with fewer than DENSE_BELOW of its weights zero is stored dense (the
-  engine's dense-for-speed choice keeps such layers); scratch is taken to be
-  ample.
+  training (the search's constraint): the generator's decisions made on
+  stand-in kernels that keep the pruning targets' blocks
+  (:mod:`pipeline.search.latency_estimate`).
 
 Predicted milliseconds at a board's clock count one cycle per instruction:
 a lower bound on a real Cortex-M (loads and taken branches take more), and
@@ -29,65 +27,17 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from pathlib import Path
 
 from pipeline.deploy import aot_work
 from pipeline.deploy.boards import BOARD_FACTS_PATH
 from pipeline.errors import UserError
-from pipeline.search.costs import PRUNING_BLOCK, GraphOp, ResourceGraph
+from pipeline.search import latency_estimate
+from pipeline.search.costs import ResourceGraph
 
 LATENCY_MODEL_PATH = BOARD_FACTS_PATH.parent / "latency_model.tsv"
 FEATURES = aot_work.WORK
-DENSE_BELOW = 0.2  # a kernel with fewer zeros than this is stored dense (the AOT engine's 1.25 x MS allowance)
 ANY_KIND = "*"  # the row fitted over every operator, for a kind the calibration never saw
-_AMPLE_SCRATCH = 1 << 30
-
-
-def op_features(op: GraphOp, graph: ResourceGraph, core: str) -> dict[str, float]:
-    """The estimated work of one operator of a resource graph on ``core`` (all zero for an aliased one)."""
-    if op.alias:
-        return dict.fromkeys(FEATURES, 0.0)
-    outputs = graph.tensor_bytes[op.output]
-    inputs = sum(graph.tensor_bytes[i] for i in op.inputs)
-    if not (op.kernel_weights and op.channels):
-        taps = inputs if op.kind in ("MAX_POOL_2D", "AVERAGE_POOL_2D") else 0
-        return aot_work.elementwise_work(outputs, inputs, taps)
-    positions = outputs // op.channels
-    if op.kind == "DEPTHWISE_CONV_2D":
-        return aot_work.depthwise_work(aot_work.same_geometry(op.input_hw, op.channels, op.channels,
-                                                              op.kernel_hw, positions))
-    dsp = aot_work.has_dsp(core)
-    rows = op.rows or op.channels
-    k = op.kernel_weights // rows
-    kh, kw = op.kernel_hw
-    if op.kind == "FULLY_CONNECTED":  # a 1x1 convolution over its rows of input (aot.py)
-        geometry = aot_work.ConvGeometry(positions, 1, k, positions, 1, rows, 1, 1)
-    else:
-        geometry = aot_work.same_geometry(op.input_hw, k // max(kh * kw, 1), rows, op.kernel_hw, positions)
-    if op.kind == "CONV_2D" and aot_work.gathered_chosen(geometry):  # one FC per output pixel (aot.py)
-        pixel = aot_work.ConvGeometry(1, 1, geometry.in_h * geometry.in_w * geometry.in_c, 1, 1, rows, 1, 1)
-        share = pixel.row_len * positions / k  # the whole-input rows' weights, against one kernel row's
-        work = _estimated_work(pixel, rows, round(op.kernel_nonzeros * share), round(op.kernel_weights * share),
-                               dsp)
-        return {key: positions * value for key, value in work.items()}
-    return _estimated_work(geometry, rows, op.kernel_nonzeros, op.kernel_weights, dsp)
-
-
-def _estimated_work(geometry: aot_work.ConvGeometry, rows: int, nonzeros: int, weights: int,
-                    dsp: bool) -> dict[str, float]:
-    """The counted work of a convolution whose layout is estimated from its nonzeros: dense when
-    nearly so, else the kept 16-weight blocks shared evenly between rows, scratch taken to be ample."""
-    if nonzeros >= (1 - DENSE_BELOW) * weights:
-        return aot_work.conv_work(geometry, aot_work.KernelLayout(), dsp)
-    k = geometry.row_len
-    shift = int(math.log2(PRUNING_BLOCK))
-    per_row = -(-k // PRUNING_BLOCK)
-    kept = min(rows * per_row, max(1, round(nonzeros / PRUNING_BLOCK)))
-    blocks = tuple(min(per_row, kept // rows + (r < kept % rows)) for r in range(rows))  # shared evenly
-    layout = aot_work.KernelLayout(blocks, tuple(min(k, b * PRUNING_BLOCK) for b in blocks), shift,
-                                   _AMPLE_SCRATCH, aot_work.im2col_chosen(geometry, shift, _AMPLE_SCRATCH))
-    return aot_work.conv_work(geometry, layout, dsp)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,13 +55,11 @@ class LatencyModel:
                             f"run scripts/fit_latency_model.py for a board with that core")
         return sum(c * work[f] for c, f in zip(coef, FEATURES))
 
-    def op_instructions(self, op: GraphOp, graph: ResourceGraph, core: str) -> float:
-        """Predicted instructions of one operator of a resource graph on ``core`` (estimated layout)."""
-        return 0.0 if op.alias else self.kind_instructions(op.kind, op_features(op, graph, core), core)
-
     def instructions(self, graph: ResourceGraph, core: str) -> int:
-        """Predicted instructions of one inference of a candidate on ``core``, before training."""
-        return int(round(sum(self.op_instructions(op, graph, core) for op in graph.ops)))
+        """Predicted instructions of one inference of a candidate on ``core``, before training
+        (the layout estimated by :mod:`pipeline.search.latency_estimate`)."""
+        return int(round(sum(self.kind_instructions(kind, work, core)
+                             for kind, work in latency_estimate.estimated_work(graph, core))))
 
     def model_instructions(self, data: bytes, core: str) -> int:
         """Predicted instructions of one inference of a converted int8 model on ``core``, from the
