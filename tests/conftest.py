@@ -8,17 +8,15 @@ import pytest
 
 import pipeline  # noqa: F401  (selects tf_keras before TensorFlow loads)
 
-REPO = Path(__file__).resolve().parent.parent
-
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """$SPARSE_DATA_DIR, else the offline copies in ../shared/datasets."""
-    path = Path(os.environ.get("SPARSE_DATA_DIR") or REPO.parent / "shared" / "datasets")
-    if not (path / "usps.h5").is_file():
-        from pipeline.datasets import load_dataset
-        from pipeline.errors import UserError
+    from pipeline.datasets import OFFLINE_COPIES, load_dataset
+    from pipeline.errors import UserError
 
+    path = Path(os.environ.get("SPARSE_DATA_DIR") or OFFLINE_COPIES)
+    if not (path / "usps.h5").is_file():
         try:  # a machine with network (CI's cache miss): the loader fetches the canonical files into it
             path.mkdir(parents=True, exist_ok=True)
             load_dataset("usps", path)

@@ -66,12 +66,23 @@ class ConvGeometry:
         """Weights per output row (kh x kw x in_c)."""
         return self.kernel_h * self.kernel_w * self.in_c
 
-    def inside_taps(self) -> tuple[list[int], list[int]]:
-        """Per output row, and per output column, how many kernel taps fall inside the input."""
-        def axis(out: int, size: int, kernel: int, stride: int, dilation: int, pad: int) -> list[int]:
-            return [sum(0 <= i * stride - pad + k * dilation < size for k in range(kernel)) for i in range(out)]
+    def inside(self) -> tuple[list[list[bool]], list[list[bool]]]:
+        """Along the height, then the width: [output position][kernel tap] -> whether the tap
+        reads inside the input there."""
+        def axis(out: int, size: int, kernel: int, stride: int, dilation: int, pad: int) -> list[list[bool]]:
+            return [[0 <= i * stride - pad + k * dilation < size for k in range(kernel)] for i in range(out)]
         return (axis(self.out_h, self.in_h, self.kernel_h, self.stride_h, self.dilation_h, self.pad_h),
                 axis(self.out_w, self.in_w, self.kernel_w, self.stride_w, self.dilation_w, self.pad_w))
+
+    def inside_taps(self) -> tuple[list[int], list[int]]:
+        """Per output row, and per output column, how many kernel taps fall inside the input."""
+        ys, xs = self.inside()
+        return [sum(row) for row in ys], [sum(col) for col in xs]
+
+    def tap_usage(self) -> tuple[list[int], list[int]]:
+        """Per kernel row, and per kernel column, at how many output positions it reads inside the input."""
+        ys, xs = self.inside()
+        return [sum(col) for col in zip(*ys)], [sum(col) for col in zip(*xs)]
 
     def inside_share(self) -> float:
         """The share of all window taps that fall inside the input."""

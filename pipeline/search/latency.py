@@ -55,11 +55,12 @@ class LatencyModel:
                             f"run scripts/fit_latency_model.py for a board with that core")
         return sum(c * work[f] for c, f in zip(coef, FEATURES))
 
-    def instructions(self, graph: ResourceGraph, core: str) -> int:
+    def instructions(self, graph: ResourceGraph, core: str,
+                     schedule: latency_estimate.Schedule | None = None) -> int:
         """Predicted instructions of one inference of a candidate on ``core``, before training
-        (the layout estimated by :mod:`pipeline.search.latency_estimate`)."""
+        (the layout estimated by :mod:`pipeline.search.latency_estimate`; ``schedule`` as there)."""
         return int(round(sum(self.kind_instructions(kind, work, core)
-                             for kind, work in latency_estimate.estimated_work(graph, core))))
+                             for kind, work in latency_estimate.estimated_work(graph, core, schedule))))
 
     def model_instructions(self, data: bytes, core: str) -> int:
         """Predicted instructions of one inference of a converted int8 model on ``core``, from the

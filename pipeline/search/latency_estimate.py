@@ -26,6 +26,7 @@ from pipeline.search import costs
 from pipeline.search.costs import PRUNING_BLOCK, GraphOp, ResourceGraph
 
 _CONV_KINDS = ("CONV_2D", "FULLY_CONNECTED")
+Schedule = tuple[list[str], int, dict[str, int]]  # operator order, arena bytes, tensor offsets
 # The share of a row's kept blocks taken where the taps read the input most, the rest spread evenly:
 # of 0, 1/4, 1/2, 3/4 and 1, the one whose estimates came closest on the calibration models
 # (scripts/fit_latency_model.py). Trained kernels lie between the two: magnitude pruning drops
@@ -33,15 +34,20 @@ _CONV_KINDS = ("CONV_2D", "FULLY_CONNECTED")
 INSIDE_FIRST = 0.25
 
 
-def estimated_work(graph: ResourceGraph, core: str) -> list[tuple[str, dict[str, float]]]:
+def estimated_work(graph: ResourceGraph, core: str, schedule: Schedule | None = None
+                   ) -> list[tuple[str, dict[str, float]]]:
     """(operator kind, estimated counted work on ``core``) of every operator of ``graph`` the
-    engine runs (an aliased one, which moves no data, does no work)."""
+    engine runs (an aliased one, which moves no data, does no work). ``schedule``: the operator
+    order and the arena plan over it (costs.best_schedule, costs.arena_plan), when the caller
+    has them; else they are made here."""
     dsp = aot_work.has_dsp(core)
-    scratch = _scratch_bytes(graph)
-    kernels = {i: stand_in_kernel(op, _geometry(op, graph) if op.kind == "CONV_2D" else None)
-               for i, op in enumerate(graph.ops) if op.kind in _CONV_KINDS and op.kernel_weights and not op.alias}
+    scratch = _scratch_bytes(graph, schedule)
+    geometries = {i: _geometry(op, graph) for i, op in enumerate(graph.ops)
+                  if op.kind in _CONV_KINDS and op.kernel_weights and not op.alias}
+    kernels = {i: stand_in_kernel(graph.ops[i], g if graph.ops[i].kind == "CONV_2D" else None)
+               for i, g in geometries.items()}
     layers = [aot_layout.WeightedLayer(i, graph.ops[i].kind, kernel.rows, _positions(graph.ops[i], graph),
-                                       _geometry(graph.ops[i], graph) if graph.ops[i].kind == "CONV_2D" else None,
+                                       geometries[i] if graph.ops[i].kind == "CONV_2D" else None,
                                        scratch.get(graph.ops[i].name, 0), kernel.counts)
               for i, kernel in kernels.items()]
     layers += [aot_layout.WeightedLayer(i, op.kind, np.ones((1, op.kernel_weights // max(op.channels, 1), op.channels),
@@ -53,7 +59,7 @@ def estimated_work(graph: ResourceGraph, core: str) -> list[tuple[str, dict[str,
         if op.alias:
             continue
         if i in kernels:
-            work = _conv_work(op, graph, kernels[i], i in dense, scratch.get(op.name, 0), dsp)
+            work = _conv_work(op, geometries[i], kernels[i], i in dense, scratch.get(op.name, 0), dsp)
         elif op.kind == "DEPTHWISE_CONV_2D":
             work = aot_work.depthwise_work(aot_work.same_geometry(op.input_hw, op.channels, op.channels,
                                                                   op.kernel_hw, _positions(op, graph)))
@@ -129,10 +135,7 @@ def stand_in_kernel(op: GraphOp, geometry: aot_work.ConvGeometry | None = None) 
 
 def _tap_usage(g: aot_work.ConvGeometry, k: int) -> np.ndarray:
     """Per weight of a kernel row (kh, kw, in), how many outputs' windows read it inside the input."""
-    def axis(out: int, size: int, kernel: int, stride: int, dilation: int, pad: int) -> np.ndarray:
-        return np.array([sum(0 <= i * stride - pad + t * dilation < size for i in range(out)) for t in range(kernel)])
-    ys = axis(g.out_h, g.in_h, g.kernel_h, g.stride_h, g.dilation_h, g.pad_h)
-    xs = axis(g.out_w, g.in_w, g.kernel_w, g.stride_w, g.dilation_w, g.pad_w)
+    ys, xs = g.tap_usage()
     return np.repeat(np.outer(ys, xs).ravel(), k // (g.kernel_h * g.kernel_w)).astype(float)
 
 
@@ -157,11 +160,10 @@ def _spread(items: list[int], count: int) -> list[int]:
     return [items[int(j)] for j in np.linspace(0, len(items) - 1, count).round()]
 
 
-def _conv_work(op: GraphOp, graph: ResourceGraph, kernel: StandIn, dense: bool, scratch: int,
+def _conv_work(op: GraphOp, g: aot_work.ConvGeometry, kernel: StandIn, dense: bool, scratch: int,
                dsp: bool) -> dict[str, float]:
-    """A CONV_2D's or FULLY_CONNECTED's work as the generator would lay out ``kernel`` (aot.py's
-    _emit_op and _emit_gathered, aot_layout.op_work)."""
-    g = _geometry(op, graph)
+    """A CONV_2D's or FULLY_CONNECTED's work, of geometry ``g``, as the generator would lay out
+    ``kernel`` (aot.py's _emit_op and _emit_gathered, aot_layout.op_work)."""
     distinct = kernel.rows.reshape(kernel.rows.shape[0], -1)
     if op.kind == "FULLY_CONNECTED" and not aot_layout.fast_fc(g):  # the portable kernel
         stored = g.out_c * g.in_c if dense else int(np.count_nonzero(distinct, axis=1) @ kernel.counts)
@@ -205,8 +207,10 @@ def _geometry(op: GraphOp, graph: ResourceGraph) -> aot_work.ConvGeometry:
     return aot_work.same_geometry(op.input_hw, k // max(kh * kw, 1), rows, op.kernel_hw, positions)
 
 
-def _scratch_bytes(graph: ResourceGraph) -> dict[str, int]:
+def _scratch_bytes(graph: ResourceGraph, schedule: Schedule | None) -> dict[str, int]:
     """Operator name -> free arena bytes while it runs, from the arena plan the generator uses."""
-    _, order = costs.best_schedule(graph)
-    arena, placed = costs.arena_plan(graph, order)
+    if schedule is None:
+        order = costs.best_schedule(graph)[1]
+        schedule = (order, *costs.arena_plan(graph, order))
+    order, arena, placed = schedule
     return {name: span[1] for name, span in costs.scratch_spans(graph, order, placed, arena).items()}

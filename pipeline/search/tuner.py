@@ -76,7 +76,8 @@ def resource_costs(graph: costs.ResourceGraph, budget: Budget, flatbuffer: bytes
     """
     ms = costs.model_size_bytes(graph)
     wm, order = costs.best_schedule(graph)  # solved once: WM and the order the arena is planned over
-    arena = costs.arena_plan(graph, order)[0] if wm <= budget.max_ram else wm
+    schedule = (order, *costs.arena_plan(graph, order)) if wm <= budget.max_ram else None
+    arena = schedule[1] if schedule else wm
     constraints = {"model_size": ms - budget.max_flash, "working_memory": arena - budget.max_ram}
     found = {"model_size_bytes": ms, "working_memory_bytes": wm, "aot_arena_bytes": arena}
     if budget.engine is not None:
@@ -90,10 +91,10 @@ def resource_costs(graph: costs.ResourceGraph, budget: Budget, flatbuffer: bytes
     if budget.core:
         model = load_latency_model()
         try:
-            found["predicted_instructions"] = (model.instructions(graph, budget.core) if flatbuffer is None
+            found["predicted_instructions"] = (model.instructions(graph, budget.core, schedule) if flatbuffer is None
                                                else model.model_instructions(flatbuffer, budget.core))
         except UserError:  # an operator the AOT engine lacks (a TFLM-only model): the graph's estimate
-            found["predicted_instructions"] = model.instructions(graph, budget.core)
+            found["predicted_instructions"] = model.instructions(graph, budget.core, schedule)
         if budget.max_latency_instructions:
             constraints["latency"] = found["predicted_instructions"] - budget.max_latency_instructions
     return found | {"constraints": constraints, "feasible": all(c <= 0 for c in constraints.values())}
