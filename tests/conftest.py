@@ -9,9 +9,9 @@ import pytest
 import pipeline  # noqa: F401  (selects tf_keras before TensorFlow loads)
 
 
-@pytest.fixture(scope="session")
-def data_dir() -> Path:
-    """$SPARSE_DATA_DIR, else the offline copies in ../shared/datasets."""
+def _data_dir() -> Path:
+    """$SPARSE_DATA_DIR, else the offline copies in ../shared/datasets, holding usps.h5 (fetched
+    into it on a machine with network); stops the run in one line when it cannot be had."""
     from pipeline.datasets import OFFLINE_COPIES, load_dataset
     from pipeline.errors import UserError
 
@@ -21,9 +21,21 @@ def data_dir() -> Path:
             path.mkdir(parents=True, exist_ok=True)
             load_dataset("usps", path)
         except (UserError, OSError) as exc:  # every test that trains needs it: stop once, in one line
-            pytest.exit(f"no usps.h5 in {path} and no download ({exc}): set SPARSE_DATA_DIR to the offline "
-                        "datasets, or make test DATA_DIR=DIR", returncode=2)
+            pytest.exit(f"the tests that train need usps.h5: {exc}", returncode=2)
     return path
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list) -> None:
+    """Checks the data before the first test when any selected test needs it, so that a machine
+    without the data stops at once rather than after the tests that need none."""
+    if any("data_dir" in getattr(item, "fixturenames", ()) for item in items):
+        _data_dir()
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The data dir of the tests that train (see _data_dir)."""
+    return _data_dir()
 
 
 @pytest.fixture()
