@@ -57,6 +57,21 @@ def test_trial_ids_are_unpadded_numeric_order_and_kept_on_resume(tmp_path):
     assert _run_trials(resumed, 3) == ["12", "13", "14"]
 
 
+def test_a_trial_started_in_its_own_file_but_not_the_oracles_is_run_again_on_resume(tmp_path):
+    oracle = _oracle(RandomOracle, tmp_path, 3)
+    assert _run_trials(oracle, 1) == ["0"]
+    saved = (tmp_path / "search" / "oracle.json").read_text()
+    started = oracle.create_trial("worker0")  # writes trial_1/trial.json, then oracle.json
+    assert started.trial_id == "1"
+    (tmp_path / "search" / "oracle.json").write_text(saved)  # killed between the two writes
+    resumed = _oracle(RandomOracle, tmp_path, 3)
+    resumed.reload()
+    again = resumed.create_trial("worker1")
+    assert again.trial_id == "1" and again.hyperparameters.values == started.hyperparameters.values
+    assert again.status == trial_module.TrialStatus.RUNNING
+    assert resumed.create_trial("worker0").trial_id == "2"  # the third trial is still to come
+
+
 def test_a_run_with_padded_ids_keeps_its_padding_when_resumed(tmp_path):
     stock = keras_tuner.oracles.RandomSearchOracle(objective=OBJECTIVE, max_trials=12, seed=3)
     stock._set_project_dir(str(tmp_path), "search")

@@ -74,6 +74,11 @@ class ReproducibleOracle(keras_tuner.Oracle):
     * When every trial has been handed out but another tuner still runs one,
       a tuner that asks is told to wait (IDLE), not to stop, so that a trial
       whose worker died (sent back for a retry) still finds a worker.
+    * A trial that was running when the process died is run again on reload
+      even when only its own file says so: a trial's file is written before
+      the oracle's, and keras-tuner retries only the oracle's ongoing trials,
+      so a chief killed between the two writes left that trial running forever
+      and the search one trial short.
     """
 
     def __init__(self, *args, seed: int = 0, **kwargs):
@@ -142,6 +147,14 @@ class ReproducibleOracle(keras_tuner.Oracle):
                     self.ongoing_trials.pop(tuner_id)
             raise
 
+
+    def reload(self) -> None:  # noqa: D102
+        super().reload()  # the oracle's ongoing trials go to the retry queue
+        for trial_id, trial in self.trials.items():  # started in its own file, not yet in the oracle's
+            if trial.status == trial_module.TrialStatus.RUNNING and trial_id not in self._retry_queue:
+                self._retry_queue.append(trial_id)
+                if trial_id not in self.start_order:
+                    self.start_order.append(trial_id)
 
     def set_state(self, state: dict) -> None:  # noqa: D102
         super().set_state(state)
