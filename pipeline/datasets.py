@@ -15,6 +15,7 @@ import bz2
 import dataclasses
 import hashlib
 import os
+import shutil
 import socket
 import urllib.request
 from pathlib import Path
@@ -277,6 +278,7 @@ def _fetch(root: Path, fname: str, url: str, sha256: set[str] | None = None, als
     """Returns root/fname, downloading it (with a timeout) when it is missing."""
     path = root / fname
     if not path.is_file():
+        made = next((p for p in reversed([root, *root.parents]) if not p.exists()), None)  # the first made
         root.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(path.suffix + ".part")
         try:
@@ -284,6 +286,8 @@ def _fetch(root: Path, fname: str, url: str, sha256: set[str] | None = None, als
                 out.write(response.read())
         except OSError as exc:
             tmp.unlink(missing_ok=True)
+            if made is not None and not any(f.is_file() for f in made.rglob("*")):
+                shutil.rmtree(made, ignore_errors=True)  # a failed download leaves no empty folders behind
             raise UserError(f"{also or fname} not found in {root} and the download from {url} failed "
                             f"({getattr(exc, 'reason', exc)}): fetch it there by hand or set "
                             "--data-dir / SPARSE_DATA_DIR / DATA_DIR to a folder holding it") from None

@@ -18,7 +18,6 @@ def _data_dir() -> Path:
     path = Path(os.environ.get("SPARSE_DATA_DIR") or OFFLINE_COPIES)
     if not (path / "usps.h5").is_file():
         try:  # a machine with network (CI's cache miss): the loader fetches the canonical files into it
-            path.mkdir(parents=True, exist_ok=True)
             load_dataset("usps", path)
         except (UserError, OSError) as exc:  # every test that trains needs it: stop once, in one line
             pytest.exit(f"the tests that train need usps.h5: {exc}", returncode=2)

@@ -50,6 +50,19 @@ def test_missing_file_offline_fails_fast_naming_file_dir_and_url(tmp_path):
     assert "usps.h5" in message and str(tmp_path) in message and "https://" in message
 
 
+def test_failed_download_leaves_no_folder_it_made(tmp_path):
+    from pipeline import datasets
+
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "mine.txt").write_text("a user's file")
+    for root in (tmp_path / "new" / "deeper", kept / "sub"):
+        with pytest.raises(UserError, match="download from http://127.0.0.1:9/usps.bz2 failed"):
+            datasets._fetch(root, "usps.bz2", "http://127.0.0.1:9/usps.bz2")  # the discard port: refused
+    assert not (tmp_path / "new").exists() and not (kept / "sub").exists()
+    assert (kept / "mine.txt").read_text() == "a user's file"
+
+
 def test_npz_dataset_loads_and_malformed_npz_is_rejected(tmp_path):
     good = tmp_path / "mine.npz"
     rng = np.random.default_rng(0)
