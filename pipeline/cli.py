@@ -222,8 +222,10 @@ def main(argv: list[str] | None = None) -> int:
                       f"MS {info['metrics']['model_size_bytes']:,} B, "
                       f"WM {info['metrics']['working_memory_bytes']:,} B")
         elif args.command == "device":
+            from pipeline.deploy.boards import get_board
             from pipeline.deploy.device import default_out_dir, latest_best_model, run_device, summary
 
+            get_board(args.board)  # an unknown board is named before anything is looked for
             if args.run and (args.model or args.out):
                 raise UserError(f"--run {args.run} runs every exported model, each with its own device.json: "
                                 "give --run alone, or --model (and --out) for one model")

@@ -127,6 +127,12 @@ def test_device_run_without_exported_models_or_with_model_is_refused(capfd, tmp_
     _one_line_error(capfd, ["device", "--run", str(tmp_path), "--model", "x.tflite"], "--run", "--model")
 
 
+def test_an_unknown_board_is_named_before_the_run_or_model_is_looked_for(capfd, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no runs/ here: the board is still what the one line names
+    _one_line_error(capfd, ["device", "--board", "mars"], "unknown board 'mars'", "stm32f413")
+    _one_line_error(capfd, ["device", "--board", "mars", "--run", str(tmp_path)], "unknown board 'mars'")
+
+
 def test_a_serial_port_that_does_not_exist_fails_before_any_build(capfd, tmp_path):
     model = tmp_path / "model_int8.tflite"
     model.write_bytes(b"not built from")
