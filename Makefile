@@ -22,10 +22,13 @@ MIN_ACCURACY ?=
 # EARLY_STOPPING=1 stops hopeless trials at epochs E/3 and E/9; MORPHISM_TRIALS=N makes the last N trials
 # morphisms of Pareto models, fine-tuned MORPHISM_EPOCHS epochs (empty: a third of EPOCHS)
 EARLY_STOPPING ?=
+ifneq ($(filter-out 0 1,$(EARLY_STOPPING)),)
+  $(error EARLY_STOPPING=$(EARLY_STOPPING) is not allowed: give 1 (stop hopeless trials early) or 0 (train every trial in full))
+endif
 MORPHISM_TRIALS ?= 0
 MORPHISM_EPOCHS ?=
 STRATEGY_FLAGS = $(if $(MAX_LATENCY_MS),--max-latency-ms $(MAX_LATENCY_MS)) \
-	$(if $(MIN_ACCURACY),--min-accuracy $(MIN_ACCURACY)) $(if $(EARLY_STOPPING),--early-stopping) \
+	$(if $(MIN_ACCURACY),--min-accuracy $(MIN_ACCURACY)) $(if $(filter 1,$(EARLY_STOPPING)),--early-stopping) \
 	$(if $(filter-out 0,$(MORPHISM_TRIALS)),--morphism-trials $(MORPHISM_TRIALS)) \
 	$(if $(MORPHISM_EPOCHS),--morphism-epochs $(MORPHISM_EPOCHS))
 
@@ -124,6 +127,7 @@ bench-distributed: $(INSTALLED)
 # Recalibrates tflm_project/boards/latency_model.tsv on QEMU from FIT_RUNS' trials, checked on RUN's exported models.
 FIT_RUNS ?=
 fit-latency-model: $(INSTALLED)
+	$(if $(FIT_RUNS),,$(error FIT_RUNS is empty: give the search runs to calibrate on, e.g. FIT_RUNS="runs/a runs/b" (see the README's latency section)))
 	$(PY) scripts/fit_latency_model.py --fit $(FIT_RUNS) $(if $(RUN),--check $(RUN)) $(DATA_FLAG)
 
 bench-compression: $(INSTALLED)

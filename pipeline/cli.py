@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+import pipeline
 from pipeline.errors import DoesNotFit, UserError
 
 
@@ -124,19 +125,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _import_tensorflow_quietly() -> None:
-    """TensorFlow's C++ start-up lines (CUDA probing, absl) go to fd 2 before any
-    logging setting applies; hide them once so users see only our output."""
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            import tensorflow  # noqa: F401
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
 def _exported_models(run_dir: Path) -> list[Path]:
     """The run's exported models, trial by trial."""
     models = sorted(run_dir.glob("models/*/model_int8.tflite"),
@@ -200,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:  # named by the subcommand's parser, so the hint points at its --help
         args.subparsers[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     faulthandler.enable()  # a crash inside TensorFlow or TFLite Micro names the Python line it came from
-    _import_tensorflow_quietly()
+    pipeline.import_tensorflow_quietly()
     try:
         if args.command == "search":
             from pipeline.search.run import run_search

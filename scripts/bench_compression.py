@@ -20,9 +20,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import pipeline  # noqa: E402  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+pipeline.import_tensorflow_quietly()  # before any module that imports TensorFlow
 import numpy as np  # noqa: E402
 
-import pipeline  # noqa: E402,F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from pipeline.compress import tflite_model  # noqa: E402
 from pipeline.datasets import load_dataset  # noqa: E402
 from pipeline.deploy.export import latest_run, load_run, pareto_rows  # noqa: E402

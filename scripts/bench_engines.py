@@ -19,7 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import pipeline  # noqa: E402,F401
+import pipeline  # noqa: E402  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+pipeline.import_tensorflow_quietly()  # before any module that imports TensorFlow
 from pipeline.deploy.boards import emulated_twin  # noqa: E402
 from pipeline.deploy.device import default_out_dir, run_device  # noqa: E402
 from pipeline.deploy.export import latest_run, load_run, pareto_rows  # noqa: E402

@@ -20,7 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import pipeline  # noqa: E402,F401
+import pipeline  # noqa: E402  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+pipeline.import_tensorflow_quietly()  # before any module that imports TensorFlow
 from pipeline.compress import tflite_model  # noqa: E402
 from pipeline.compress.training import TrainingSettings, train_candidate  # noqa: E402
 from pipeline.datasets import load_dataset  # noqa: E402

@@ -32,6 +32,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import pipeline  # noqa: E402  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+pipeline.import_tensorflow_quietly()  # before any module that imports TensorFlow
 from pipeline.deploy.export import load_run  # noqa: E402
 from pipeline.search import pareto  # noqa: E402
 from pipeline.search.oracle import OBJECTIVES, normalised_objectives  # noqa: E402

@@ -36,7 +36,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import pipeline  # noqa: E402,F401
+import pipeline  # noqa: E402  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+pipeline.import_tensorflow_quietly()  # before any module that imports TensorFlow
 from pipeline.compress import tflite_model  # noqa: E402
 from pipeline.deploy import aot  # noqa: E402
 from pipeline.deploy.boards import get_board  # noqa: E402

@@ -23,6 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import pipeline  # noqa: E402  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+pipeline.import_tensorflow_quietly()  # before any module that imports TensorFlow
 from pipeline.deploy import paper  # noqa: E402
 from pipeline.deploy.export import load_run, pareto_rows  # noqa: E402
 
@@ -72,8 +74,8 @@ def main() -> int:
     parser.add_argument("--out", default=None, help="default runs/reproduce-<dataset>-s<seed>")
     args = parser.parse_args()
     if args.dataset not in BUDGETS:
-        print(f"--dataset {args.dataset!r} is not one the SpArSe paper reports: give one of "
-              f"{', '.join(BUDGETS)}", file=sys.stderr)
+        print(f"error: --dataset {args.dataset!r} is not one the SpArSe paper reports: give one of "
+              f"{', '.join(BUDGETS)} (DATASET=...)", file=sys.stderr)
         return 2
     trials, epochs, morph_trials, morph_epochs = BUDGETS[args.dataset]
     out = Path(args.out or f"runs/reproduce-{args.dataset}-s{args.seed}")

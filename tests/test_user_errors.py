@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -150,6 +151,29 @@ def test_a_serial_port_that_does_not_exist_fails_before_any_build(capfd, tmp_pat
 def test_make_targets_of_the_ci_jobs_pass_their_variables_on(make_args, expected):
     result = subprocess.run(["make", "-n", *make_args], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and expected in result.stdout, result.stdout + result.stderr
+
+
+def test_a_script_that_imports_tensorflow_prints_only_its_own_one_line_error():
+    result = subprocess.run([sys.executable, "scripts/reproduce.py", "--dataset", "foo"],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: --dataset 'foo' is not one the SpArSe paper reports: give one of usps2, mnist, cifar10-2 (DATASET=...)"]
+
+
+@pytest.mark.parametrize("variables, expected", [
+    (["EARLY_STOPPING=maybe"], "EARLY_STOPPING=maybe is not allowed: give 1"),
+    (["fit-latency-model"], "FIT_RUNS is empty"),
+])
+def test_make_variables_that_cannot_work_stop_make_in_one_line(variables, expected):
+    result = subprocess.run(["make", "-n", *variables], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and expected in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_early_stopping_0_leaves_it_off_and_1_turns_it_on():
+    assert "--early-stopping" not in _make_dry_run("search", "EARLY_STOPPING=0")
+    assert "--early-stopping" in _make_dry_run("search", "EARLY_STOPPING=1")
 
 
 def test_a_worker_without_its_chief_says_what_to_set_or_that_the_chief_did_not_answer(capfd, monkeypatch):
