@@ -176,3 +176,37 @@ def test_a_users_model_with_ops_the_aot_engine_lacks_is_refused_in_one_line_nami
     line = result.stderr.strip()
     assert result.returncode == 2 and "\n" not in line and "Traceback" not in line, line
     assert "SHAPE, STRIDED_SLICE" in line and "ENGINE=tflm" in line
+
+
+def _hold_lock(lock_file: Path, seconds: float) -> subprocess.Popen:
+    """Another process holding ``lock_file`` as a library build does, for ``seconds``."""
+    code = ("import fcntl, sys, time; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX); "
+            "print('held', flush=True); time.sleep(float(sys.argv[2]))")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(lock_file), str(seconds)], stdout=subprocess.PIPE,
+                              text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_a_tflm_library_build_waits_for_another_on_the_same_cache_and_gives_up_in_one_line(tmp_path):
+    import time
+
+    from pipeline.deploy.firmware import _exclusive
+    from pipeline.errors import UserError
+
+    lock_file = tmp_path / "lib" / ".lock"
+    lock_file.parent.mkdir()
+    holder = _hold_lock(lock_file, 2)
+    started = time.monotonic()
+    with _exclusive(lock_file, 60, "compiling the TFLM library"):
+        waited = time.monotonic() - started
+    holder.wait(timeout=30)
+    assert 1.0 < waited < 30  # it waited for the other build, then went on
+    holder = _hold_lock(lock_file, 60)
+    try:
+        with pytest.raises(UserError, match=r"another build has held .*\.lock for over 1 s"):
+            with _exclusive(lock_file, 1, "compiling the TFLM library"):
+                pass
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)

@@ -7,12 +7,16 @@ check backs that up.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import os
 import re
 import shutil
 import socket
 import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from pipeline import REPO_ROOT
@@ -91,8 +95,10 @@ def build(model_data: bytes, board: Board, engine: str, build_dir: Path, label: 
         tflm.write_sources(model_data, gen, label)
         args += [f"TFLM_DIR={tree}", f"TFLM_LIB_DIR={tflm.library_dir(tree, board)}",
                  f"TFLM_ARENA_BYTES={tflm_arena_bytes}", f"MIN_STACK_BYTES={STACK_RESERVE_BYTES[engine]}"]
-        _make([*args, "tflm-lib", f"-j{os.cpu_count() or 2}"], TFLM_LIBRARY_TIMEOUT_S, board, build_dir,
-              "compiling the TFLM library (once per core and tree)")
+        library = tflm.library_dir(tree, board)
+        with _exclusive(library / ".lock", TFLM_LIBRARY_TIMEOUT_S, "compiling the TFLM library"):
+            _make([*args, "tflm-lib", f"-j{os.cpu_count() or 2}"], TFLM_LIBRARY_TIMEOUT_S, board, build_dir,
+                  "compiling the TFLM library (once per core and tree)")
     if clocks.needs_pll(board):
         (gen / "board_clock.h").write_text(clocks.header(board))
     if flash_needed > board.flash_bytes or ram_needed > board.ram_bytes:
@@ -105,6 +111,30 @@ def build(model_data: bytes, board: Board, engine: str, build_dir: Path, label: 
     text = sum(sizes.get(s, 0) for s in (".isr_vector", ".text", ".ARM.exidx", ".init_array"))
     return Firmware(build_dir / "firmware.elf", text, sizes.get(".data", 0), sizes.get(".bss", 0), figures,
                     tuple(args))
+
+
+@contextlib.contextmanager
+def _exclusive(lock_file: Path, timeout: float, what: str) -> Iterator[None]:
+    """Holds an exclusive lock on ``lock_file`` (made if missing): the TFLM library is compiled
+    into a cache that builds running at once (a benchmark beside the tests, two CI jobs on one
+    runner) share, and two compilers writing the same objects break both builds. Waits at most
+    ``timeout`` seconds for another holder."""
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_file, "a") as handle:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise UserError(f"{what}: another build has held {lock_file} for over {timeout:.0f} s: "
+                                    "let it finish, or stop it, and run again") from None
+                time.sleep(0.5)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _make(args: list[str], timeout: int, board: Board, build_dir: Path, what: str, label: str = "",
