@@ -94,6 +94,7 @@ def test_bench_check_fails_when_a_baselined_result_is_missing_and_ignores_other_
     (empty / "models").mkdir(parents=True)
     missing = _check(empty, baseline)
     assert missing.returncode == 1 and "no device.json" in missing.stdout
+    assert "make bench-reference BOARD=qemu-stm32f4 ENGINES=aot" in missing.stdout  # the command that makes it
     assert _check(empty, baseline, "--boards", "qemu-microbit").returncode == 0
     assert _check(empty, baseline, "--engines", "tflm").returncode == 0  # the aot entry is not checked
     wrong = _check(empty, baseline, "--boards", "stm32")

@@ -111,8 +111,11 @@ def check(baseline: dict[str, Any], results: dict[str, dict[str, Any]], boards: 
             continue
         new = results.get(key)
         if new is None:
-            failures.append(f"{key}: no device.json, but the baseline has one: run the benchmark for it "
-                            "(make bench-engines / make flash RUN=...)")
+            board, engine = key.split(" ")[:2]
+            failures.append(f"{key}: no device.json, but the baseline has one: run make bench-reference "
+                            f"BOARD={board} ENGINES={engine} (a search's run: make bench-engines RUN=... "
+                            f"BOARD={board}), or check only the boards and engines run (BOARDS=..., "
+                            "CHECK_ENGINES=...)")
             continue
         if base.get("model_sha256") and new.get("model_sha256") != base["model_sha256"]:
             failures.append(f"{key}: the model is not the baseline's (sha256 {str(new.get('model_sha256'))[:12]} "
