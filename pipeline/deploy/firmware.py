@@ -93,9 +93,9 @@ def build(model_data: bytes, board: Board, engine: str, build_dir: Path, label: 
         figures = _flatbuffer_figures(model_data)
         ram_needed, flash_needed = tflm_arena_bytes + STACK_RESERVE_BYTES[engine], len(model_data)
         tflm.write_sources(model_data, gen, label)
-        args += [f"TFLM_DIR={tree}", f"TFLM_LIB_DIR={tflm.library_dir(tree, board)}",
-                 f"TFLM_ARENA_BYTES={tflm_arena_bytes}", f"MIN_STACK_BYTES={STACK_RESERVE_BYTES[engine]}"]
         library = tflm.library_dir(tree, board)
+        args += [f"TFLM_DIR={tree}", f"TFLM_LIB_DIR={library}",
+                 f"TFLM_ARENA_BYTES={tflm_arena_bytes}", f"MIN_STACK_BYTES={STACK_RESERVE_BYTES[engine]}"]
         with _exclusive(library / ".lock", TFLM_LIBRARY_TIMEOUT_S, "compiling the TFLM library"):
             _make([*args, "tflm-lib", f"-j{os.cpu_count() or 2}"], TFLM_LIBRARY_TIMEOUT_S, board, build_dir,
                   "compiling the TFLM library (once per core and tree)")

@@ -147,7 +147,6 @@ class ReproducibleOracle(keras_tuner.Oracle):
                     self.ongoing_trials.pop(tuner_id)
             raise
 
-
     def reload(self) -> None:  # noqa: D102
         super().reload()  # the oracle's ongoing trials go to the retry queue
         for trial_id, trial in self.trials.items():  # started in its own file, not yet in the oracle's
